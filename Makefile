@@ -1,0 +1,52 @@
+# The suite's build, test and lint entry points. `make test` is the README's
+# test command and what CI runs.
+
+GO        ?= go
+TOOLS_DIR ?= /var/cache/kopsnode-test-tools
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X github.com/kopsnode/agents/pkg/version.Version=$(VERSION) -X github.com/kopsnode/agents/pkg/version.GitCommit=$(COMMIT)
+BINARIES  := nodeup protokube etcd-manager etcd-manager-ctl
+TEST_TIMEOUT ?= 75m
+
+export TOOLS_DIR
+
+.PHONY: all build test test-short lint tools bench clean $(addprefix bin/,$(BINARIES))
+
+all: build
+
+build: $(addprefix bin/,$(BINARIES))
+
+bin/nodeup:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./nodeup/cmd/nodeup
+bin/protokube:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./protokube/cmd/protokube
+bin/etcd-manager:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./etcd-manager/cmd/etcd-manager
+bin/etcd-manager-ctl:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./etcd-manager/cmd/etcd-manager-ctl
+
+# Builds MinIO, fake-gcs-server, CoreDNS and etcd per version into $(TOOLS_DIR),
+# reusing what is cached there.
+tools:
+	tools/build-test-tools.sh all
+
+# Every test of the project, with the real servers built by `make tools`.
+test: tools build
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Tests that need no root, network namespace or built tool.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Benchmarks that print the figures the issues name.
+bench: tools build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+clean:
+	rm -rf bin

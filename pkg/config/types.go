@@ -1,0 +1,186 @@
+// Package config holds the versioned configuration API: the cluster spec
+// (cluster.yaml) and the node configuration of an instance group
+// (nodeup/<group>.yaml), with strict decoding, defaulting in one place,
+// validation that names field paths, and a stable hash.
+package config
+
+// APIVersion is the only configuration API version so far.
+const APIVersion = "agents.kopsnode.io/v1alpha1"
+
+// Kinds of documents.
+const (
+	KindCluster    = "Cluster"
+	KindNodeConfig = "NodeConfig"
+)
+
+// TypeMeta identifies a document's schema.
+type TypeMeta struct {
+	APIVersion string `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string `yaml:"kind" json:"kind"`
+}
+
+// ObjectMeta names a document.
+type ObjectMeta struct {
+	Name string `yaml:"name" json:"name"`
+}
+
+// Cluster is the cluster-wide spec, stored at <store>/<cluster>/cluster.yaml.
+type Cluster struct {
+	TypeMeta `yaml:",inline" json:",inline"`
+	Metadata ObjectMeta  `yaml:"metadata" json:"metadata"`
+	Spec     ClusterSpec `yaml:"spec" json:"spec"`
+}
+
+// ClusterSpec is what every node of the cluster shares.
+type ClusterSpec struct {
+	// KubernetesVersion is a semantic version such as "1.31.2".
+	KubernetesVersion string `yaml:"kubernetesVersion" json:"kubernetesVersion"`
+	// DNSZone is the internal zone served by gossip DNS, for example
+	// "internal.example.k8s.local". Defaults to "internal.<cluster name>".
+	DNSZone          string               `yaml:"dnsZone,omitempty" json:"dnsZone,omitempty"`
+	Networking       NetworkingSpec       `yaml:"networking" json:"networking"`
+	EtcdClusters     []EtcdClusterSpec    `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
+	Gossip           *GossipSpec          `yaml:"gossip,omitempty" json:"gossip,omitempty"`
+	ContainerRuntime ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
+}
+
+// NodeConfig is the complete configuration nodeup applies to one instance
+// group, stored at <store>/<cluster>/nodeup/<group>.yaml. Its sha256 is
+// pinned in the node's userdata.
+type NodeConfig struct {
+	TypeMeta `yaml:",inline" json:",inline"`
+	Metadata ObjectMeta     `yaml:"metadata" json:"metadata"` // the instance group's name
+	Spec     NodeConfigSpec `yaml:"spec" json:"spec"`
+}
+
+// Role is a node's role.
+type Role string
+
+const (
+	RoleControlPlane Role = "control-plane"
+	RoleNode         Role = "node"
+)
+
+// NodeConfigSpec is what nodeup needs to converge a node of the group.
+type NodeConfigSpec struct {
+	ClusterName       string               `yaml:"clusterName" json:"clusterName"`
+	Role              Role                 `yaml:"role" json:"role"`
+	KubernetesVersion string               `yaml:"kubernetesVersion" json:"kubernetesVersion"`
+	Assets            []Asset              `yaml:"assets,omitempty" json:"assets,omitempty"`
+	ContainerRuntime  ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
+	Kubelet           KubeletSpec          `yaml:"kubelet" json:"kubelet"`
+	Networking        NetworkingSpec       `yaml:"networking" json:"networking"`
+	// Sysctls maps a sysctl name (net.ipv4.ip_forward) to its value.
+	Sysctls map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
+	// KernelModules are loaded at boot and kept in /etc/modules-load.d.
+	KernelModules []string `yaml:"kernelModules,omitempty" json:"kernelModules,omitempty"`
+	Packages      []string `yaml:"packages,omitempty" json:"packages,omitempty"`
+	// EtcdClusters are run on control-plane nodes (copied from the cluster spec).
+	EtcdClusters []EtcdClusterSpec `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
+	Gossip       *GossipSpec       `yaml:"gossip,omitempty" json:"gossip,omitempty"`
+}
+
+// Asset is a file nodeup downloads, pinned by sha256, from one or more mirrors.
+type Asset struct {
+	// Name identifies the asset to the model builders: "kubelet",
+	// "containerd", "runc", "cni-plugins", "protokube", "etcd-manager", ...
+	Name   string   `yaml:"name" json:"name"`
+	SHA256 string   `yaml:"sha256" json:"sha256"`
+	URLs   []string `yaml:"urls" json:"urls"`
+	// Extract says the asset is an archive (".tar.gz") to unpack.
+	Extract bool `yaml:"extract,omitempty" json:"extract,omitempty"`
+}
+
+// ContainerRuntimeSpec selects and configures the container runtime.
+type ContainerRuntimeSpec struct {
+	// Name is "containerd" (default) or "docker" (legacy).
+	Name string `yaml:"name,omitempty" json:"name,omitempty"`
+	// SandboxImage is the pause image.
+	SandboxImage string `yaml:"sandboxImage,omitempty" json:"sandboxImage,omitempty"`
+	// SystemdCgroup selects the systemd cgroup driver (default true).
+	SystemdCgroup *bool `yaml:"systemdCgroup,omitempty" json:"systemdCgroup,omitempty"`
+	// RegistryMirrors maps a registry host to mirror endpoints.
+	RegistryMirrors map[string][]string `yaml:"registryMirrors,omitempty" json:"registryMirrors,omitempty"`
+}
+
+// KubeletSpec configures the kubelet.
+type KubeletSpec struct {
+	// APIServer is the URL of the API server the kubelet talks to.
+	APIServer     string            `yaml:"apiServer,omitempty" json:"apiServer,omitempty"`
+	ClusterDNS    string            `yaml:"clusterDNS,omitempty" json:"clusterDNS,omitempty"`
+	ClusterDomain string            `yaml:"clusterDomain,omitempty" json:"clusterDomain,omitempty"`
+	MaxPods       int               `yaml:"maxPods,omitempty" json:"maxPods,omitempty"`
+	NodeLabels    map[string]string `yaml:"nodeLabels,omitempty" json:"nodeLabels,omitempty"`
+	Taints        []string          `yaml:"taints,omitempty" json:"taints,omitempty"`
+	ExtraArgs     map[string]string `yaml:"extraArgs,omitempty" json:"extraArgs,omitempty"`
+}
+
+// Networking modes.
+const (
+	NetworkingKubenet  = "kubenet"
+	NetworkingCNI      = "cni"
+	NetworkingExternal = "external"
+)
+
+// NetworkingSpec selects pod networking.
+type NetworkingSpec struct {
+	// Mode is "kubenet", "cni" or "external".
+	Mode string `yaml:"mode" json:"mode"`
+	// Provider names the CNI provider when Mode is "cni" (for example
+	// "bridge", "flannel", "calico", "cilium").
+	Provider          string `yaml:"provider,omitempty" json:"provider,omitempty"`
+	PodCIDR           string `yaml:"podCIDR,omitempty" json:"podCIDR,omitempty"`
+	ServiceCIDR       string `yaml:"serviceCIDR,omitempty" json:"serviceCIDR,omitempty"`
+	NonMasqueradeCIDR string `yaml:"nonMasqueradeCIDR,omitempty" json:"nonMasqueradeCIDR,omitempty"`
+	MTU               int    `yaml:"mtu,omitempty" json:"mtu,omitempty"`
+}
+
+// EtcdClusterSpec describes one etcd cluster (main, events).
+type EtcdClusterSpec struct {
+	Name string `yaml:"name" json:"name"`
+	// Members is the member count: 1, 3 or 5.
+	Members int    `yaml:"members" json:"members"`
+	Version string `yaml:"version" json:"version"`
+	// PeerPort, ClientPort and ManagerPort default from the cluster name
+	// (main: 2380/4001/3994, events: 2381/4002/3995).
+	PeerPort    int        `yaml:"peerPort,omitempty" json:"peerPort,omitempty"`
+	ClientPort  int        `yaml:"clientPort,omitempty" json:"clientPort,omitempty"`
+	ManagerPort int        `yaml:"managerPort,omitempty" json:"managerPort,omitempty"`
+	Volume      VolumeSpec `yaml:"volume" json:"volume"`
+	Backups     BackupSpec `yaml:"backups" json:"backups"`
+}
+
+// VolumeSpec sizes an etcd member's volume.
+type VolumeSpec struct {
+	SizeGiB int    `yaml:"sizeGiB,omitempty" json:"sizeGiB,omitempty"`
+	Type    string `yaml:"type,omitempty" json:"type,omitempty"`
+	// IOPS is for volume types that take it.
+	IOPS int `yaml:"iops,omitempty" json:"iops,omitempty"`
+}
+
+// BackupSpec configures scheduled backups to the state store.
+type BackupSpec struct {
+	// Interval is a Go duration ("15m").
+	Interval string `yaml:"interval,omitempty" json:"interval,omitempty"`
+	// Retain is how many backups to keep at the full interval; older ones
+	// are thinned to daily.
+	Retain int `yaml:"retain,omitempty" json:"retain,omitempty"`
+	// Store overrides the backup location (default: the state store).
+	Store string `yaml:"store,omitempty" json:"store,omitempty"`
+}
+
+// GossipSpec configures gossip membership and DNS.
+type GossipSpec struct {
+	// Port is the memberlist port (default 3996).
+	Port int `yaml:"port,omitempty" json:"port,omitempty"`
+	// Seeds selects the seed provider: "store" (default), "static" or "aws".
+	Seeds string `yaml:"seeds,omitempty" json:"seeds,omitempty"`
+	// StaticSeeds are host:port seeds when Seeds is "static".
+	StaticSeeds []string `yaml:"staticSeeds,omitempty" json:"staticSeeds,omitempty"`
+	// DNSListen is where the cluster DNS server listens (default a
+	// node-local address on port 53).
+	DNSListen string `yaml:"dnsListen,omitempty" json:"dnsListen,omitempty"`
+	// Forward makes the DNS server forward names outside the zone to the
+	// resolvers of /etc/resolv.conf.
+	Forward bool `yaml:"forward,omitempty" json:"forward,omitempty"`
+}

@@ -1,0 +1,13 @@
+// Command protokube mounts etcd volumes, runs etcd-manager and serves gossip DNS.
+package main
+
+import (
+	"os"
+
+	"github.com/kopsnode/agents/pkg/cli"
+)
+
+func main() {
+	app := &cli.App{Name: "protokube", Summary: "control-plane agent: etcd volumes, etcd-manager and gossip DNS"}
+	os.Exit(app.Main())
+}
