@@ -2,6 +2,12 @@
 // (cluster.yaml) and the node configuration of an instance group
 // (nodeup/<group>.yaml), with strict decoding, defaulting in one place,
 // validation that names field paths, and a stable hash.
+//
+// ParseCluster and ParseNodeConfig (or LoadClusterFile and
+// LoadNodeConfigFile) decode, default and validate in one call; every error
+// they return is an *Errors listing each problem as
+// <source>:<line>:<col>: <field path>: <message>. docs/configuration.md is
+// the reference for every field.
 package config
 
 // APIVersion is the only configuration API version so far.
@@ -124,7 +130,7 @@ const (
 
 // NetworkingSpec selects pod networking.
 type NetworkingSpec struct {
-	// Mode is "kubenet", "cni" or "external".
+	// Mode is "kubenet" (default), "cni" or "external".
 	Mode string `yaml:"mode" json:"mode"`
 	// Provider names the CNI provider when Mode is "cni" (for example
 	// "bridge", "flannel", "calico", "cilium").
@@ -160,10 +166,10 @@ type VolumeSpec struct {
 
 // BackupSpec configures scheduled backups to the state store.
 type BackupSpec struct {
-	// Interval is a Go duration ("15m").
+	// Interval is a Go duration (default "15m", at least "1m").
 	Interval string `yaml:"interval,omitempty" json:"interval,omitempty"`
-	// Retain is how many backups to keep at the full interval; older ones
-	// are thinned to daily.
+	// Retain is how many backups to keep at the full interval (default
+	// 24); older ones are thinned to daily.
 	Retain int `yaml:"retain,omitempty" json:"retain,omitempty"`
 	// Store overrides the backup location (default: the state store).
 	Store string `yaml:"store,omitempty" json:"store,omitempty"`
@@ -177,8 +183,8 @@ type GossipSpec struct {
 	Seeds string `yaml:"seeds,omitempty" json:"seeds,omitempty"`
 	// StaticSeeds are host:port seeds when Seeds is "static".
 	StaticSeeds []string `yaml:"staticSeeds,omitempty" json:"staticSeeds,omitempty"`
-	// DNSListen is where the cluster DNS server listens (default a
-	// node-local address on port 53).
+	// DNSListen is where the cluster DNS server listens, IP:port (default
+	// 127.0.0.2:53, a node-local loopback address).
 	DNSListen string `yaml:"dnsListen,omitempty" json:"dnsListen,omitempty"`
 	// Forward makes the DNS server forward names outside the zone to the
 	// resolvers of /etc/resolv.conf.

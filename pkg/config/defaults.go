@@ -1,0 +1,189 @@
+package config
+
+import (
+	"net/netip"
+)
+
+// Default values. They are applied by SetDefaults and nowhere else; the
+// configuration reference (docs/configuration.md) lists them.
+const (
+	DefaultContainerRuntime  = "containerd"
+	DefaultSandboxImage      = "registry.k8s.io/pause:3.10"
+	DefaultNetworkingMode    = NetworkingKubenet
+	DefaultPodCIDR           = "100.96.0.0/11"
+	DefaultServiceCIDR       = "100.64.0.0/13"
+	DefaultNonMasqueradeCIDR = "100.64.0.0/10"
+	DefaultClusterDomain     = "cluster.local"
+	DefaultMaxPods           = 110
+	DefaultEtcdVolumeSizeGiB = 20
+	DefaultBackupInterval    = "15m"
+	DefaultBackupRetain      = 24
+	DefaultGossipPort        = 3996
+	DefaultGossipSeeds       = SeedsStore
+	DefaultDNSListen         = "127.0.0.2:53"
+	// DefaultControlPlaneAPIServer is where kubelets on control-plane nodes
+	// reach the API server: the one on the same machine.
+	DefaultControlPlaneAPIServer = "https://127.0.0.1"
+	// DNSZonePrefix is prepended to the cluster name to make the default
+	// internal zone.
+	DNSZonePrefix = "internal."
+)
+
+// Gossip seed providers.
+const (
+	SeedsStore  = "store"
+	SeedsStatic = "static"
+	SeedsAWS    = "aws"
+)
+
+// EtcdPorts are the ports of one etcd cluster on a control-plane node.
+type EtcdPorts struct {
+	Peer, Client, Manager int
+}
+
+// DefaultEtcdPorts returns the default ports of the etcd cluster with the
+// given name, and false for names that have no defaults (their ports must be
+// set explicitly).
+func DefaultEtcdPorts(name string) (EtcdPorts, bool) {
+	switch name {
+	case "main":
+		return EtcdPorts{Peer: 2380, Client: 4001, Manager: 3994}, true
+	case "events":
+		return EtcdPorts{Peer: 2381, Client: 4002, Manager: 3995}, true
+	}
+	return EtcdPorts{}, false
+}
+
+// SetDefaults fills in every field of a *Cluster or a *NodeConfig that was
+// left unset. It is the only place defaults are applied; call it after
+// decoding and before validating. It is idempotent. Other types are ignored.
+func SetDefaults(doc any) {
+	switch d := doc.(type) {
+	case *Cluster:
+		d.SetDefaults()
+	case *NodeConfig:
+		d.SetDefaults()
+	}
+}
+
+// SetDefaults fills in the fields of the cluster spec that were left unset.
+func (c *Cluster) SetDefaults() {
+	s := &c.Spec
+	if s.DNSZone == "" && c.Metadata.Name != "" {
+		s.DNSZone = DNSZonePrefix + c.Metadata.Name
+	}
+	defaultNetworking(&s.Networking)
+	defaultContainerRuntime(&s.ContainerRuntime)
+	for i := range s.EtcdClusters {
+		defaultEtcdCluster(&s.EtcdClusters[i])
+	}
+	defaultGossip(s.Gossip)
+}
+
+// SetDefaults fills in the fields of the node configuration that were left
+// unset.
+func (n *NodeConfig) SetDefaults() {
+	s := &n.Spec
+	defaultNetworking(&s.Networking)
+	defaultContainerRuntime(&s.ContainerRuntime)
+	k := &s.Kubelet
+	if k.APIServer == "" {
+		switch s.Role {
+		case RoleControlPlane:
+			k.APIServer = DefaultControlPlaneAPIServer
+		case RoleNode:
+			if s.ClusterName != "" {
+				k.APIServer = "https://api." + DNSZonePrefix + s.ClusterName
+			}
+		}
+	}
+	if k.ClusterDomain == "" {
+		k.ClusterDomain = DefaultClusterDomain
+	}
+	if k.MaxPods == 0 {
+		k.MaxPods = DefaultMaxPods
+	}
+	if k.ClusterDNS == "" {
+		// Like kube-dns, the cluster DNS service takes the tenth address of
+		// the service range.
+		if p, err := netip.ParsePrefix(s.Networking.ServiceCIDR); err == nil {
+			a := p.Masked().Addr()
+			for i := 0; i < 10 && a.IsValid(); i++ {
+				a = a.Next()
+			}
+			if a.IsValid() && p.Contains(a) {
+				k.ClusterDNS = a.String()
+			}
+		}
+	}
+	for i := range s.EtcdClusters {
+		defaultEtcdCluster(&s.EtcdClusters[i])
+	}
+	defaultGossip(s.Gossip)
+}
+
+func defaultNetworking(n *NetworkingSpec) {
+	if n.Mode == "" {
+		n.Mode = DefaultNetworkingMode
+	}
+	if n.PodCIDR == "" {
+		n.PodCIDR = DefaultPodCIDR
+	}
+	if n.ServiceCIDR == "" {
+		n.ServiceCIDR = DefaultServiceCIDR
+	}
+	if n.NonMasqueradeCIDR == "" {
+		n.NonMasqueradeCIDR = DefaultNonMasqueradeCIDR
+	}
+}
+
+func defaultContainerRuntime(r *ContainerRuntimeSpec) {
+	if r.Name == "" {
+		r.Name = DefaultContainerRuntime
+	}
+	if r.SandboxImage == "" {
+		r.SandboxImage = DefaultSandboxImage
+	}
+	if r.SystemdCgroup == nil {
+		t := true
+		r.SystemdCgroup = &t
+	}
+}
+
+func defaultEtcdCluster(e *EtcdClusterSpec) {
+	if ports, ok := DefaultEtcdPorts(e.Name); ok {
+		if e.PeerPort == 0 {
+			e.PeerPort = ports.Peer
+		}
+		if e.ClientPort == 0 {
+			e.ClientPort = ports.Client
+		}
+		if e.ManagerPort == 0 {
+			e.ManagerPort = ports.Manager
+		}
+	}
+	if e.Volume.SizeGiB == 0 {
+		e.Volume.SizeGiB = DefaultEtcdVolumeSizeGiB
+	}
+	if e.Backups.Interval == "" {
+		e.Backups.Interval = DefaultBackupInterval
+	}
+	if e.Backups.Retain == 0 {
+		e.Backups.Retain = DefaultBackupRetain
+	}
+}
+
+func defaultGossip(g *GossipSpec) {
+	if g == nil {
+		return
+	}
+	if g.Port == 0 {
+		g.Port = DefaultGossipPort
+	}
+	if g.Seeds == "" {
+		g.Seeds = DefaultGossipSeeds
+	}
+	if g.DNSListen == "" {
+		g.DNSListen = DefaultDNSListen
+	}
+}
