@@ -1,0 +1,201 @@
+// Package netns is a test harness of hosts in network namespaces: N hosts,
+// each a namespace with one interface (eth0) on a shared bridge that lives
+// in a namespace of its own, with addresses in a test-only range. Tests run
+// commands or Go functions inside a host, dial from it, and cut a host off
+// by setting its bridge port down. Everything is removed in t.Cleanup, also
+// on failure; nothing touches the root namespace's links or routes.
+package netns
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/kopsnode/agents/pkg/testtools"
+)
+
+// DefaultPrefix is the subnet of the hosts. Every Network has its own bridge
+// in its own namespace, so several networks may use the same subnet.
+var DefaultPrefix = netip.MustParsePrefix("10.231.0.0/24")
+
+// Network is a bridge and its hosts.
+type Network struct {
+	// ID prefixes every namespace name of the network.
+	ID     string
+	Prefix netip.Prefix
+	Hosts  []*Host
+	bridge string // namespace holding the bridge
+}
+
+// Host is one namespace on the bridge.
+type Host struct {
+	// NS is the namespace name, usable with `ip netns exec`.
+	NS string
+	// Addr is the host's address on eth0.
+	Addr netip.Addr
+	// port is the host's veth end in the bridge namespace.
+	port string
+	net  *Network
+}
+
+// New creates a network of n hosts with addresses .1, .2, ... of
+// DefaultPrefix. It needs root (testtools.RequireRoot fails the test
+// otherwise) and the ip command.
+func New(t testing.TB, n int) *Network {
+	t.Helper()
+	testtools.RequireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("netns: the ip command (package iproute2) is required: %v", err)
+	}
+	if n < 1 || n > 250 {
+		t.Fatalf("netns: %d hosts; want 1 to 250", n)
+	}
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	nw := &Network{ID: "kn" + hex.EncodeToString(b[:]), Prefix: DefaultPrefix}
+	nw.bridge = nw.ID + "-br"
+	addNS(t, nw.bridge)
+	run(t, "ip", "-n", nw.bridge, "link", "set", "lo", "up")
+	run(t, "ip", "-n", nw.bridge, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", nw.bridge, "link", "set", "br0", "up")
+	addr := nw.Prefix.Addr()
+	for i := 0; i < n; i++ {
+		addr = addr.Next()
+		h := &Host{NS: fmt.Sprintf("%s-h%d", nw.ID, i), Addr: addr, port: fmt.Sprintf("p%d", i), net: nw}
+		addNS(t, h.NS)
+		run(t, "ip", "-n", h.NS, "link", "set", "lo", "up")
+		run(t, "ip", "-n", nw.bridge, "link", "add", h.port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
+		run(t, "ip", "-n", nw.bridge, "link", "set", h.port, "master", "br0")
+		run(t, "ip", "-n", nw.bridge, "link", "set", h.port, "up")
+		run(t, "ip", "-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr, nw.Prefix.Bits()), "dev", "eth0")
+		run(t, "ip", "-n", h.NS, "link", "set", "eth0", "up")
+		nw.Hosts = append(nw.Hosts, h)
+	}
+	return nw
+}
+
+// addNS creates a namespace and registers its removal (which also removes
+// every link inside it) before anything else can fail.
+func addNS(t testing.TB, name string) {
+	t.Helper()
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("netns: removing namespace %s: %v: %s", name, err, out)
+		}
+	})
+}
+
+func run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("netns: %s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// Command returns a command that runs inside the host's namespace.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// Do runs fn on an OS thread switched into the host's namespace. Sockets
+// fn creates stay in that namespace; goroutines fn starts do not (they run
+// on other threads), so fn should make its sockets itself.
+func (h *Host) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is not unlocked: if switching back failed it must not
+		// be reused, and the runtime discards a locked thread when the
+		// goroutine exits.
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("netns: current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := vnetns.GetFromName(h.NS)
+		if err != nil {
+			errc <- fmt.Errorf("netns: opening %s: %w", h.NS, err)
+			return
+		}
+		defer ns.Close()
+		if err := vnetns.Set(ns); err != nil {
+			errc <- fmt.Errorf("netns: entering %s: %w", h.NS, err)
+			return
+		}
+		err = fn()
+		if serr := vnetns.Set(orig); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// DialContext dials from inside the host's namespace.
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// Listen listens inside the host's namespace.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := h.Do(func() error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}
+
+// HTTPClient returns a client whose connections are made from the host.
+func (h *Host) HTTPClient() *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: h.DialContext, DisableKeepAlives: true},
+	}
+}
+
+// Disconnect cuts the host off the bridge (its port goes down), as a
+// pulled cable or a partition would.
+func (h *Host) Disconnect() error { return h.setPort("down") }
+
+// Reconnect undoes Disconnect.
+func (h *Host) Reconnect() error { return h.setPort("up") }
+
+func (h *Host) setPort(state string) error {
+	out, err := exec.Command("ip", "-n", h.net.bridge, "link", "set", h.port, state).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("netns: setting %s of %s %s: %v: %s", h.port, h.NS, state, err, out)
+	}
+	return nil
+}
+
+// Exists reports whether a namespace of that name exists, for tests of
+// cleanup.
+func Exists(name string) bool {
+	_, err := os.Stat("/run/netns/" + name)
+	return err == nil
+}

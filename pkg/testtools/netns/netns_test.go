@@ -1,0 +1,93 @@
+package netns
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHostsReachEachOtherAndDisconnectCutsOff(t *testing.T) {
+	nw := New(t, 3)
+	a, b := nw.Hosts[0], nw.Hosts[1]
+	if a.Addr.String() != "10.231.0.1" || nw.Hosts[2].Addr.String() != "10.231.0.3" {
+		t.Fatalf("addresses %s, %s", a.Addr, nw.Hosts[2].Addr)
+	}
+	ln, err := b.Listen("tcp", b.Addr.String()+":7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "hello from b\n")
+			c.Close()
+		}
+	}()
+	dial := func(timeout time.Duration) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		c, err := a.DialContext(ctx, "tcp", b.Addr.String()+":7000")
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(timeout))
+		s, err := io.ReadAll(c)
+		return string(s), err
+	}
+	if got, err := dial(5 * time.Second); err != nil || got != "hello from b\n" {
+		t.Fatalf("a dialing b: %q, %v", got, err)
+	}
+	if err := b.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(500 * time.Millisecond); err == nil {
+		t.Fatal("a reached b after b was disconnected")
+	}
+	if err := b.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := dial(time.Second)
+		if err == nil && got == "hello from b\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a cannot reach b after reconnecting: %v", err)
+		}
+	}
+}
+
+func TestCommandRunsInsideHost(t *testing.T) {
+	nw := New(t, 1)
+	out, err := nw.Hosts[0].Command(context.Background(), "ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "10.231.0.1/24") {
+		t.Fatalf("ip addr inside the host: %v: %s", err, out)
+	}
+}
+
+func TestCleanupRemovesNamespaces(t *testing.T) {
+	var names []string
+	t.Run("make", func(t *testing.T) {
+		nw := New(t, 2)
+		names = append(names, nw.bridge)
+		for _, h := range nw.Hosts {
+			names = append(names, h.NS)
+			if !Exists(h.NS) {
+				t.Fatalf("namespace %s missing", h.NS)
+			}
+		}
+	})
+	for _, n := range names {
+		if Exists(n) {
+			t.Errorf("namespace %s left after the test", n)
+		}
+	}
+}
