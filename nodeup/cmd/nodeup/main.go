@@ -4,10 +4,9 @@ package main
 import (
 	"os"
 
-	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/nodeup/app"
 )
 
 func main() {
-	app := &cli.App{Name: "nodeup", Summary: "converge this node from the state store"}
-	os.Exit(app.Main())
+	os.Exit(app.NewApp(app.DefaultStoreOpener).Main())
 }

@@ -1,0 +1,9 @@
+package app
+
+import (
+	"testing"
+
+	"github.com/kopsnode/agents/nodeup/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
