@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 75m
 
 export TOOLS_DIR
 
-.PHONY: all build test test-short lint tools bench clean $(addprefix bin/,$(BINARIES))
+.PHONY: all build test test-short lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
 
 all: build
 
@@ -47,6 +47,20 @@ lint:
 # Benchmarks that print the figures the issues name.
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+# nodeup's main job on the embedded default (file://) store, against a scratch root.
+demo: bin/nodeup
+	examples/demo/run.sh
+
+# Short runs of every fuzz target (FUZZTIME each).
+FUZZTIME ?= 20s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
+	  done; \
+	done
 
 clean:
 	rm -rf bin
