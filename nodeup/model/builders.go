@@ -292,7 +292,10 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 		return err
 	}
 	for _, e := range s.EtcdClusters {
-		args := []string{"run", "--store=" + in.StoreURL, "--cluster=" + s.ClusterName, "--etcd-cluster=" + e.Name,
+		// The address defaults to the default route's source address; the
+		// data directory is where protokube mounts the member's volume.
+		args := []string{"run", "--store=" + in.StoreURL, "--cluster-name=" + s.ClusterName, "--etcd-cluster=" + e.Name,
+			"--data-dir=" + EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
 			fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort)}
 		svc := service(units.EtcdManager(e.Name, args), []string{units.EtcdManagerBin})
 		// protokube starts it once the member's volume is mounted.
@@ -303,6 +306,13 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 	}
 	return nil
 }
+
+// EtcdBinDirRoot holds one v<version>/etcd per installed etcd version.
+const EtcdBinDirRoot = "/opt/etcd"
+
+// EtcdDataDir is where protokube mounts the volume of an etcd cluster's
+// member on this node, and so etcd-manager's data directory.
+func EtcdDataDir(etcdCluster string) string { return "/mnt/etcd/" + etcdCluster }
 
 type nodeupBuilder struct{}
 

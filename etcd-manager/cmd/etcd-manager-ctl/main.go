@@ -4,10 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/etcd-manager/app"
 )
 
-func main() {
-	app := &cli.App{Name: "etcd-manager-ctl", Summary: "read and write the etcd-manager control area of the state store"}
-	os.Exit(app.Main())
-}
+func main() { os.Exit(app.EtcdManagerCtl().Main()) }

@@ -4,10 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/etcd-manager/app"
 )
 
-func main() {
-	app := &cli.App{Name: "etcd-manager", Summary: "form and run an etcd cluster with its peers"}
-	os.Exit(app.Main())
-}
+func main() { os.Exit(app.EtcdManager().Main()) }

@@ -1,0 +1,314 @@
+// Package app holds the commands of the etcd-manager and etcd-manager-ctl
+// binaries, so that their mains stay thin and the commands are testable.
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kopsnode/agents/etcd-manager/discovery"
+	"github.com/kopsnode/agents/etcd-manager/manager"
+	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/nodeaddr"
+	"github.com/kopsnode/agents/pkg/observe"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
+)
+
+// EtcdManager returns the etcd-manager binary.
+func EtcdManager() *cli.App {
+	return &cli.App{
+		Name:     "etcd-manager",
+		Summary:  "form and run an etcd cluster with its peers",
+		Commands: []*cli.Command{runCommand(), statusCommand()},
+	}
+}
+
+// DefaultMetricsAddr is where `run` serves /healthz, /metrics and /status
+// for an etcd cluster, and where `status` asks.
+func DefaultMetricsAddr(etcdCluster string) string {
+	if etcdCluster == "events" {
+		return "127.0.0.1:3992"
+	}
+	return "127.0.0.1:3991"
+}
+
+type runFlags struct {
+	cfg         manager.Config
+	store       string
+	discovery   string
+	peers       string
+	metricsAddr string
+	extraSANs   string
+	log         logging.Options
+}
+
+func (f *runFlags) bind(fs *flag.FlagSet) {
+	d := manager.DefaultConfig("", "main")
+	f.cfg = d
+	fs.StringVar(&f.cfg.ClusterName, "cluster-name", "", "Kubernetes cluster name (top-level folder in the store); required")
+	fs.StringVar(&f.cfg.EtcdCluster, "etcd-cluster", "main", "etcd cluster name: main or events (sets port defaults)")
+	fs.StringVar(&f.cfg.ID, "id", "", "instance identity and etcd member name (default: the one in the data dir, or a new random one)")
+	fs.StringVar(&f.cfg.DataDir, "data-dir", "", "data directory (state.json, etcd/, pki/); required")
+	fs.StringVar(&f.cfg.BinDirRoot, "etcd-bin-dir-root", d.BinDirRoot, "directory with one v<version>/etcd per installed etcd version")
+	fs.StringVar(&f.cfg.Address, "address", "", "this node's IP address, listened on and advertised (default: the source address of the default route)")
+	fs.IntVar(&f.cfg.PeerPort, "peer-port", 0, "etcd peer port (default 2380 main, 2381 events)")
+	fs.IntVar(&f.cfg.ClientPort, "client-port", 0, "etcd client port (default 4001 main, 4002 events)")
+	fs.IntVar(&f.cfg.ManagerPort, "manager-port", 0, "etcd-manager peer protocol port (default 3994 main, 3995 events)")
+	fs.StringVar(&f.cfg.DNSSuffix, "dns-suffix", "", "members are named etcd-<id>.<suffix> (default internal.<cluster-name>)")
+	fs.BoolVar(&f.cfg.AdvertiseNames, "advertise-names", false, "advertise etcd URLs by member name instead of address (needs DNS or --hosts-file)")
+	fs.StringVar(&f.cfg.HostsFile, "hosts-file", "", "keep the members' names in a managed block of this hosts file (for example /etc/hosts)")
+	fs.StringVar(&f.extraSANs, "extra-sans", "", "comma-separated extra IP addresses or names for this instance's certificates")
+	fs.StringVar(&f.store, "store", "", "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix); required")
+	fs.StringVar(&f.discovery, "discovery", "store", "peer discovery: store (registry in the state store) or static")
+	fs.StringVar(&f.peers, "peers", "", "static peers as id=host:port,... (with --discovery static)")
+	fs.DurationVar(&f.cfg.Tick, "tick", d.Tick, "reconcile interval")
+	fs.DurationVar(&f.cfg.LeaseDuration, "lease-duration", d.LeaseDuration, "leader lease duration")
+	fs.DurationVar(&f.cfg.PeerTimeout, "peer-timeout", d.PeerTimeout, "timeout of one peer call")
+	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
+	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "listen address of /healthz, /metrics and /status (default 127.0.0.1:3991 main, 127.0.0.1:3992 events)")
+	fs.StringVar(&f.log.Format, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.log.Level, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+// ParsePeers parses "id=host:port,...".
+func ParsePeers(s string) (discovery.Static, error) {
+	var out discovery.Static
+	for i, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		p := discovery.Peer{ID: id, ManagerAddr: addr}
+		if !ok {
+			return nil, fmt.Errorf("--peers: entry %d %q is not id=host:port", i, part)
+		}
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("--peers: entry %d %q: %w", i, part, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func runCommand() *cli.Command {
+	f := &runFlags{}
+	return &cli.Command{
+		Name:    "run",
+		Summary: "run the manager of one etcd cluster on this node",
+		Flags:   f.bind,
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unexpected arguments %q: %w", args, cli.ErrUsage)
+			}
+			logger, err := logging.New(env.Stderr, f.log)
+			if err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			cfg := f.cfg
+			def := manager.DefaultConfig(cfg.ClusterName, cfg.EtcdCluster)
+			if cfg.PeerPort == 0 {
+				cfg.PeerPort = def.PeerPort
+			}
+			if cfg.ClientPort == 0 {
+				cfg.ClientPort = def.ClientPort
+			}
+			if cfg.ManagerPort == 0 {
+				cfg.ManagerPort = def.ManagerPort
+			}
+			if cfg.Address == "" {
+				ip, err := nodeaddr.Primary()
+				if err != nil {
+					return fmt.Errorf("--address not given and %w", err)
+				}
+				cfg.Address = ip.String()
+				logger.Info("using the default route's source address", "address", cfg.Address)
+			}
+			if f.extraSANs != "" {
+				cfg.ExtraSANs = strings.Split(f.extraSANs, ",")
+			}
+			if f.store == "" {
+				return fmt.Errorf("--store is required: %w", cli.ErrUsage)
+			}
+			opts, err := storeurl.OptionsFromEnv()
+			if err != nil {
+				return err
+			}
+			opts.Logger = logger
+			st, err := storeurl.Open(ctx, f.store, opts)
+			if err != nil {
+				return fmt.Errorf("--store: %w", err)
+			}
+			defer st.Close()
+			cfg.Store = st
+			layoutPeers := fmt.Sprintf("%s/backups/etcd/%s/control/peers/", cfg.ClusterName, cfg.EtcdCluster)
+			switch f.discovery {
+			case "store":
+				cfg.Discovery = discovery.NewStoreRegistry(st, layoutPeers, 4*cfg.LeaseDuration, nil)
+			case "static":
+				peers, err := ParsePeers(f.peers)
+				if err != nil {
+					return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+				}
+				cfg.Discovery = peers
+			default:
+				return fmt.Errorf("--discovery: %q is not store or static: %w", f.discovery, cli.ErrUsage)
+			}
+			reg := observe.NewRegistry()
+			cfg.MetricsRegistry = reg
+			cfg.Logger = logger
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			m, err := manager.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			addr := f.metricsAddr
+			if addr == "" {
+				addr = DefaultMetricsAddr(cfg.EtcdCluster)
+			}
+			obs, err := observe.Start(observe.Config{
+				Addr: addr, Registry: reg, Logger: logger, Health: m.Health,
+				Status: func(ctx context.Context) (any, error) { return m.Status(ctx) },
+			})
+			if err != nil {
+				_ = m.Close()
+				return err
+			}
+			<-ctx.Done()
+			logger.Info("shutting down")
+			return errors.Join(obs.Close(), m.Close())
+		},
+	}
+}
+
+func statusCommand() *cli.Command {
+	var addr, out, etcdCluster string
+	return &cli.Command{
+		Name:    "status",
+		Summary: "show the etcd cluster as the local etcd-manager sees it",
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&addr, "addr", "", "the manager's metrics address (default by --etcd-cluster)")
+			fs.StringVar(&etcdCluster, "etcd-cluster", "main", "etcd cluster name, for the default address")
+			fs.StringVar(&out, "o", "text", "output format: text or json")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if addr == "" {
+				addr = DefaultMetricsAddr(etcdCluster)
+			}
+			st, err := FetchStatus(ctx, addr)
+			if err != nil {
+				return err
+			}
+			return cli.Print(env.Stdout, out, st, func(w io.Writer) error { return PrintStatus(w, st) })
+		},
+	}
+}
+
+// FetchStatus reads http://addr/status.
+func FetchStatus(ctx context.Context, addr string) (manager.Status, error) {
+	var st manager.Status
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	u := "http://" + addr + "/status"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("asking etcd-manager at %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return st, fmt.Errorf("reading %s: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("decoding %s: %w", u, err)
+	}
+	return st, nil
+}
+
+// PrintStatus writes the human form of a status.
+func PrintStatus(w io.Writer, st manager.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	role := "follower"
+	if st.IsLeader {
+		role = "leader"
+	}
+	fmt.Fprintf(tw, "instance:\t%s (%s)\n", st.ID, role)
+	fmt.Fprintf(tw, "etcd cluster:\t%s\n", st.EtcdCluster)
+	fmt.Fprintf(tw, "leader:\t%s (term %d)\n", orDash(st.Leader), st.LeaderTerm)
+	if st.Spec != nil {
+		fmt.Fprintf(tw, "spec:\t%d members, etcd %s\n", st.Spec.MemberCount, st.Spec.EtcdVersion)
+	} else {
+		fmt.Fprintf(tw, "spec:\t-\n")
+	}
+	if st.EtcdVersion != "" {
+		fmt.Fprintf(tw, "running version:\t%s\n", st.EtcdVersion)
+	}
+	etcd := "not running"
+	if st.Local.EtcdRunning {
+		etcd = "running, unhealthy"
+		if st.Local.EtcdHealthy {
+			etcd = "running, healthy"
+		}
+		if st.Local.EtcdLearner {
+			etcd += ", learner"
+		}
+	}
+	fmt.Fprintf(tw, "local etcd:\t%s\n", etcd)
+	if !st.LastReconcile.IsZero() {
+		fmt.Fprintf(tw, "last reconcile:\t%s ago\n", time.Since(st.LastReconcile).Round(time.Second))
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(tw, "last error:\t%s\n", st.LastError)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.Members) > 0 {
+		fmt.Fprintln(w, "\nMEMBERS")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tID\tHEALTHY\tLEARNER\tPEER URLS")
+		for _, m := range st.Members {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\n", orDash(m.Name), m.ID, m.Healthy, m.Learner, strings.Join(m.PeerURLs, ","))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(w, "\nPEERS")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDRESS\tETCD\tHEALTHY\tDATA\tVERSION")
+	for _, p := range st.Peers {
+		data := "yes"
+		if p.DataDirEmpty {
+			data = "empty"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\t%s\n", p.ID, p.ManagerAddr, p.EtcdRunning, p.EtcdHealthy, data, orDash(p.EtcdVersion))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,227 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kopsnode/agents/etcd-manager/control"
+	"github.com/kopsnode/agents/etcd-manager/hosts"
+	"github.com/kopsnode/agents/etcd-manager/peer"
+)
+
+// Status is the cluster as this instance sees it: the document served on
+// /status and printed by `etcd-manager status`.
+type Status struct {
+	ID          string        `json:"id"`
+	EtcdCluster string        `json:"etcdCluster"`
+	IsLeader    bool          `json:"isLeader"`
+	Leader      string        `json:"leader,omitempty"`
+	LeaderTerm  int64         `json:"leaderTerm,omitempty"`
+	Spec        *control.Spec `json:"spec,omitempty"`
+	// EtcdVersion is the version the cluster runs (known to the leader).
+	EtcdVersion string `json:"etcdVersion,omitempty"`
+	// Members is the etcd member list (known to the leader).
+	Members []MemberStatus `json:"members,omitempty"`
+	// Peers are the reachable etcd-manager instances.
+	Peers []peer.Info `json:"peers"`
+	// Local is this instance.
+	Local         peer.Info `json:"local"`
+	LastReconcile time.Time `json:"lastReconcile"`
+	LastError     string    `json:"lastError,omitempty"`
+}
+
+// MemberStatus is one etcd member.
+type MemberStatus struct {
+	Name       string   `json:"name"`
+	ID         string   `json:"id"`
+	PeerURLs   []string `json:"peerURLs"`
+	ClientURLs []string `json:"clientURLs,omitempty"`
+	Learner    bool     `json:"learner,omitempty"`
+	Healthy    bool     `json:"healthy"`
+}
+
+// Status returns the current status.
+func (m *Manager) Status(ctx context.Context) (Status, error) {
+	local, _ := m.Info(ctx)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.status
+	s.ID = m.state.ID
+	s.EtcdCluster = m.cfg.EtcdCluster
+	s.Local = local
+	s.LastReconcile = m.lastReconcile
+	cur := m.lease.Current()
+	s.Leader, s.LeaderTerm = cur.Holder, cur.Term
+	if !s.IsLeader {
+		s.Members = nil
+	}
+	s.Peers = append([]peer.Info(nil), s.Peers...)
+	return s, nil
+}
+
+// IsLeader reports whether this instance holds the leader lease.
+func (m *Manager) IsLeader() bool {
+	ok, _ := m.lease.IsLeader()
+	return ok
+}
+
+// Health is nil when the manager loop ran recently and, for members, the
+// local etcd answers.
+func (m *Manager) Health(ctx context.Context) error {
+	m.mu.Lock()
+	last := m.lastReconcile
+	member := m.state.ClusterToken != ""
+	m.mu.Unlock()
+	if age := m.now().Sub(last); age > 3*m.cfg.LeaseDuration {
+		return errorf("last successful reconcile %s ago", age.Round(time.Second))
+	}
+	if member {
+		if _, _, err := m.localHealth(ctx); err != nil {
+			return errorf("local etcd: %v", err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) setLeader(ok bool, term int64) {
+	m.mu.Lock()
+	m.status.IsLeader = ok
+	m.mu.Unlock()
+	m.met.setLeader(ok)
+	if !ok {
+		// Only the leader knows the member list; followers report zero
+		// rather than a stale count.
+		m.met.members.Set(0)
+		m.met.healthy.Set(0)
+	}
+}
+
+func (m *Manager) markReconciled() {
+	m.mu.Lock()
+	m.lastReconcile = m.now()
+	m.status.LastError = ""
+	m.mu.Unlock()
+}
+
+// writeHosts keeps the names of the reachable peers in the hosts file.
+// Peers that vanish stay until seen again elsewhere: only the records
+// of peers currently reachable are written, plus this instance.
+func (m *Manager) writeHosts(infos map[string]peer.Info) {
+	if m.cfg.HostsFile == "" {
+		return
+	}
+	var recs []hosts.Record
+	for _, id := range sortedIDs(infos) {
+		i := infos[id]
+		host, _, err := splitHost(i.ManagerAddr)
+		if err != nil {
+			continue
+		}
+		recs = append(recs, hosts.Record{Name: m.cfg.MemberName(id), IP: host})
+	}
+	key := ""
+	for _, r := range recs {
+		key += r.Name + "=" + r.IP + ";"
+	}
+	m.mu.Lock()
+	same := key == m.hostsWritten
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	if _, err := hosts.Update(m.cfg.HostsFile, "etcd-manager "+m.cfg.EtcdCluster, recs); err != nil {
+		m.logger.Warn("updating hosts file", "err", err)
+		return
+	}
+	m.mu.Lock()
+	m.hostsWritten = key
+	m.mu.Unlock()
+}
+
+// rotateOwnManagerCert reissues the peer-protocol certificate before it
+// expires; the TLS configs pick it up on the next handshake.
+func (m *Manager) rotateOwnManagerCert() {
+	if exp := m.certs.managerExpiry(); exp.Sub(m.now()) < m.cfg.RenewBefore {
+		if err := m.certs.issueManager(m.subject()); err != nil {
+			m.logger.Warn("reissuing etcd-manager certificate", "err", err)
+		}
+	}
+}
+
+type metrics struct {
+	reg      prometheus.Registerer
+	cs       []prometheus.Collector
+	isLeader prometheus.Gauge
+	members  prometheus.Gauge
+	healthy  prometheus.Gauge
+	version  *prometheus.GaugeVec
+	mu       sync.Mutex // guards lastVer
+	lastVer  string
+}
+
+func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
+	labels := prometheus.Labels{"etcd_cluster": m.cfg.EtcdCluster}
+	mt := &metrics{
+		reg:      reg,
+		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_is_leader", Help: "1 when this instance is the etcd-manager leader.", ConstLabels: labels}),
+		members:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_members", Help: "etcd members (as seen by the leader).", ConstLabels: labels}),
+		healthy:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_healthy_members", Help: "Healthy etcd members (as seen by the leader).", ConstLabels: labels}),
+		version:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "etcd_manager_etcd_version_info", Help: "The etcd version the cluster runs (value 1).", ConstLabels: labels}, []string{"version"}),
+	}
+	since := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "etcd_manager_seconds_since_last_reconcile", Help: "Seconds since the last successful reconcile.", ConstLabels: labels}, func() float64 {
+		m.mu.Lock()
+		last := m.lastReconcile
+		m.mu.Unlock()
+		if last.IsZero() {
+			return -1
+		}
+		return m.now().Sub(last).Seconds()
+	})
+	mt.cs = []prometheus.Collector{mt.isLeader, mt.members, mt.healthy, mt.version, since}
+	if reg != nil {
+		for _, c := range mt.cs {
+			if err := reg.Register(c); err != nil {
+				m.logger.Warn("registering metric", "err", err)
+			}
+		}
+	}
+	return mt
+}
+
+func (mt *metrics) unregister() {
+	if mt.reg == nil {
+		return
+	}
+	for _, c := range mt.cs {
+		mt.reg.Unregister(c)
+	}
+}
+
+func (mt *metrics) setLeader(ok bool) {
+	if ok {
+		mt.isLeader.Set(1)
+	} else {
+		mt.isLeader.Set(0)
+	}
+}
+
+func (mt *metrics) setCluster(members, healthy int, version string) {
+	mt.members.Set(float64(members))
+	mt.healthy.Set(float64(healthy))
+	mt.mu.Lock()
+	defer mt.mu.Unlock()
+	if version != mt.lastVer {
+		mt.version.Reset()
+		mt.version.WithLabelValues(version).Set(1)
+		mt.lastVer = version
+	}
+}
+
+func splitHost(addr string) (string, string, error) { return net.SplitHostPort(addr) }
+
+func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }
