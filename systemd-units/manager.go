@@ -49,14 +49,19 @@ func (d *DBus) c(ctx context.Context) (*sdbus.Conn, error) {
 	if d.conn != nil && d.conn.Connected() {
 		return d.conn, nil
 	}
+	// The connection outlives the call that opens it: go-systemd closes a
+	// connection when the context it was opened with ends, which would cut
+	// off every other task (and the job signals they wait on). ctx bounds
+	// only the calls made on the connection; Close ends it.
+	connCtx := context.WithoutCancel(ctx)
 	var conn *sdbus.Conn
 	var err error
 	if os.Geteuid() == 0 {
-		conn, err = sdbus.NewSystemdConnectionContext(ctx)
+		conn, err = sdbus.NewSystemdConnectionContext(connCtx)
 	}
 	if conn == nil {
 		var err2 error
-		conn, err2 = sdbus.NewSystemConnectionContext(ctx)
+		conn, err2 = sdbus.NewSystemConnectionContext(connCtx)
 		if err2 != nil {
 			return nil, fmt.Errorf("connecting to systemd over D-Bus: %w", errors.Join(err, err2))
 		}
