@@ -1,0 +1,132 @@
+package gossipd
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/pkg/logging"
+)
+
+// GossipCommand is `protokube gossip`: run the gossip daemon until signalled.
+func GossipCommand() *cli.Command {
+	var cfg Config
+	return &cli.Command{
+		Name:    "gossip",
+		Summary: "run gossip membership, replicated records, cluster DNS and the /etc/hosts block",
+		Flags: func(fs *flag.FlagSet) {
+			cfg = DefaultConfig() // each run starts from the defaults
+			cfg.AddFlags(fs)
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unexpected arguments %q: %w", args, cli.ErrUsage)
+			}
+			log, err := logging.New(env.Stderr, cfg.Log)
+			if err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			d, err := Start(ctx, cfg, Deps{Logger: log})
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			log.Info("stopping gossip")
+			return d.Close()
+		},
+	}
+}
+
+// StatusCommand is `protokube status`: print the gossip daemon's status
+// from its /status endpoint.
+func StatusCommand() *cli.Command {
+	var addr, out string
+	return &cli.Command{
+		Name:    "status",
+		Summary: "show gossip members, their state, and the records with their versions",
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&addr, "address", DefaultStatusAddr, "address of the daemon's status endpoint (its --status-listen)")
+			fs.StringVar(&out, "o", "text", "output format: text or json")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			st, err := FetchStatus(ctx, http.DefaultClient, addr)
+			if err != nil {
+				return err
+			}
+			return cli.Print(env.Stdout, out, st, func(w io.Writer) error { return PrintStatus(w, st) })
+		},
+	}
+}
+
+// FetchStatus reads the status document from a daemon's endpoint.
+func FetchStatus(ctx context.Context, c *http.Client, addr string) (Status, error) {
+	url := "http://" + addr + "/status"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return Status{}, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return Status{}, fmt.Errorf("reading gossip status from %s (is `protokube gossip` running?): %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return Status{}, fmt.Errorf("reading gossip status from %s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	}
+	var st Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
+		return Status{}, fmt.Errorf("decoding gossip status from %s: %w", url, err)
+	}
+	return st, nil
+}
+
+// PrintStatus writes the human form of a status document.
+func PrintStatus(w io.Writer, st Status) error {
+	fmt.Fprintf(w, "node %s at %s, cluster %s, zone %s", st.Node, st.Addr, st.Cluster, st.Zone)
+	if st.DNS != "" {
+		fmt.Fprintf(w, ", dns %s", st.DNS)
+	}
+	fmt.Fprintln(w)
+	counts := map[string]int{}
+	for _, m := range st.Members {
+		counts[m.State]++
+	}
+	fmt.Fprintf(w, "\nMEMBERS (%d alive, %d dead)\n", counts["alive"], counts["dead"])
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE")
+	for _, m := range st.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", m.Name, m.Addr, m.State)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nRECORDS (%d)\n", len(st.Records))
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tOWNER\tVALUE\tVERSION")
+	for _, r := range st.Records {
+		v := r.Value
+		if r.Deleted {
+			v = "(deleted)"
+		}
+		if !r.OwnerAlive {
+			v += " (owner gone)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Key, r.Owner, v, r.Version)
+	}
+	tw.Flush()
+	if st.Sync.HostsErr != "" {
+		fmt.Fprintf(w, "\nhosts file %s: %s\n", st.Sync.HostsFile, st.Sync.HostsErr)
+	}
+	return nil
+}
