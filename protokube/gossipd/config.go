@@ -90,7 +90,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DNSZone, "dns-zone", c.DNSZone, "internal zone (default internal.<cluster>)")
 	fs.BoolVar(&c.DNSForward, "dns-forward", c.DNSForward, "forward names outside the zone to the resolvers of /etc/resolv.conf")
 	fs.StringVar(&c.HostsFile, "hosts-file", c.HostsFile, "hosts file to keep a managed block in; empty disables")
-	fs.Var(&c.Publish, "publish", "name=addr[,addr] record this node publishes (repeatable)")
+	fs.Var(&c.Publish, "publish", "name=addr[,addr] record this node publishes (repeatable); the address \"self\" is this node's advertise address")
 	fs.StringVar(&c.StatusAddr, "status-listen", c.StatusAddr, "listen address of /healthz, /metrics and /status")
 	fs.DurationVar(&c.LeaveGrace, "leave-grace", c.LeaveGrace, "how long a departed node's records are kept")
 	fs.BoolVar(&c.Fast, "test-timings", c.Fast, "short gossip timings for tests of several nodes on one machine")
@@ -184,6 +184,10 @@ func parseHostPort(s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
+// SelfAddr in a --publish list stands for this node's advertise address, so
+// units can publish names (such as the API server's) without per-node values.
+const SelfAddr = "self"
+
 func parsePublish(s string) (string, []netip.Addr, error) {
 	name, list, ok := strings.Cut(s, "=")
 	if !ok || name == "" || list == "" {
@@ -191,7 +195,13 @@ func parsePublish(s string) (string, []netip.Addr, error) {
 	}
 	var addrs []netip.Addr
 	for _, a := range strings.Split(list, ",") {
-		ip, err := netip.ParseAddr(strings.TrimSpace(a))
+		a = strings.TrimSpace(a)
+		if a == SelfAddr {
+			// Resolved to the advertise address when published.
+			addrs = append(addrs, netip.Addr{})
+			continue
+		}
+		ip, err := netip.ParseAddr(a)
 		if err != nil {
 			return "", nil, fmt.Errorf("%q: %w", s, err)
 		}

@@ -238,6 +238,11 @@ func (d *Daemon) publish() error {
 	}
 	for _, p := range d.cfg.Publish {
 		name, addrs, _ := parsePublish(p)
+		for i, a := range addrs {
+			if !a.IsValid() {
+				addrs[i] = self
+			}
+		}
 		if err := d.table.Put(dnsserver.RecordKey(d.qualify(name)), dnsserver.FormatAddrs(addrs)); err != nil {
 			return fmt.Errorf("--publish %s: %w", p, err)
 		}

@@ -35,7 +35,7 @@ func startLoopbackDaemon(t *testing.T, storeDir, name string) (*Daemon, string) 
 	cfg.DNSListen = "127.0.0.1:0"
 	cfg.StatusAddr = "127.0.0.1:0"
 	cfg.HostsFile = hostsPath
-	cfg.Publish = []string{"api=127.0.0.10"}
+	cfg.Publish = []string{"api=127.0.0.10", "self-api=self"}
 	cfg.LeaveGrace = time.Second
 	cfg.Fast = true
 	d, err := Start(context.Background(), cfg, Deps{Store: st})
@@ -74,6 +74,13 @@ func TestDaemonWithStoreSeedsServesDNSHostsAndStatus(t *testing.T) {
 	r, _, err := new(dns.Client).Exchange(m, a.DNSAddr())
 	if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "127.0.0.10" {
 		t.Fatalf("published api name: %v %v", r, err)
+	}
+	// "self" publishes the node's own advertise address.
+	m = new(dns.Msg)
+	m.SetQuestion("self-api."+zone, dns.TypeA)
+	r, _, err = new(dns.Client).Exchange(m, a.DNSAddr())
+	if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "127.0.0.1" {
+		t.Fatalf("name published with address self: %v %v", r, err)
 	}
 	for {
 		got, _ := os.ReadFile(hostsB)
