@@ -163,7 +163,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, cond store.Con
 			os.Remove(tmpName)
 		}
 	}()
-	if _, err := io.Copy(tmp, ctxReader{ctx, r}); err != nil {
+	if _, err := io.Copy(tmp, store.ContextReader(ctx, r)); err != nil {
 		return store.Info{}, s.err("put", key, fmt.Errorf("writing data: %w", err))
 	}
 	token, err := newToken()
@@ -468,17 +468,4 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// ctxReader ends a copy when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -204,7 +204,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, cond store.Con
 	if s.retryDL > 0 {
 		w.ChunkRetryDeadline = s.retryDL
 	}
-	if _, err := io.Copy(w, ctxReader{ctx, r}); err != nil {
+	if _, err := io.Copy(w, store.ContextReader(ctx, r)); err != nil {
 		// Cancelling the context is how an upload is abandoned unsaved.
 		cancel()
 		_ = w.Close()
@@ -316,17 +316,4 @@ func (s *Store) wrap(ctx context.Context, op, key string, err error) error {
 func (s *Store) bucketMissing(ctx context.Context) bool {
 	_, err := s.bucket.Attrs(ctx)
 	return errors.Is(err, storage.ErrBucketNotExist)
-}
-
-// ctxReader ends a read of the source when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -238,7 +238,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, cond store.Con
 	if err != nil {
 		return store.Info{}, err
 	}
-	r = ctxReader{ctx, r}
+	r = store.ContextReader(ctx, r)
 	buf, eof, err := readChunk(r, nil, int(s.partSize))
 	if err != nil {
 		return store.Info{}, s.wrap(ctx, "put", key, fmt.Errorf("reading data: %w", err))
@@ -486,17 +486,4 @@ func (s *Store) wrap(ctx context.Context, op, key string, err error) error {
 func (s *Store) bucketMissing(ctx context.Context) bool {
 	_, err := s.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &s.bucket})
 	return err != nil && (code(err) == "NoSuchBucket" || status(err) == http.StatusNotFound)
-}
-
-// ctxReader ends a read of the source when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
