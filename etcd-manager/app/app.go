@@ -66,6 +66,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.cfg.DNSSuffix, "dns-suffix", "", "members are named etcd-<id>.<suffix> (default internal.<cluster-name>)")
 	fs.BoolVar(&f.cfg.AdvertiseNames, "advertise-names", false, "advertise etcd URLs by member name instead of address (needs DNS or --hosts-file)")
 	fs.StringVar(&f.cfg.HostsFile, "hosts-file", "", "keep the members' names in a managed block of this hosts file (for example /etc/hosts)")
+	fs.StringVar(&f.cfg.APIServerClientCertDir, "apiserver-client-cert-dir", "", "keep kube-apiserver's etcd client certificate in this directory: etcd-client.crt, etcd-client.key, etcd-ca.crt (default: none)")
 	fs.StringVar(&f.extraSANs, "extra-sans", "", "comma-separated extra IP addresses or names for this instance's certificates")
 	fs.StringVar(&f.store, "store", "", "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix); required")
 	fs.StringVar(&f.discovery, "discovery", "store", "peer discovery: store (registry in the state store) or static")
@@ -278,6 +279,16 @@ func PrintStatus(w io.Writer, st manager.Status) error {
 	}
 	if st.LastError != "" {
 		fmt.Fprintf(tw, "last error:\t%s\n", st.LastError)
+	}
+	if a := st.APIServerClientCert; a != nil {
+		cert := "none yet"
+		if a.Serial != "" {
+			cert = fmt.Sprintf("%s, serial %s, expires %s (in %s)", a.CommonName, a.Serial, a.NotAfter.UTC().Format(time.RFC3339), time.Until(a.NotAfter).Round(time.Second))
+		}
+		fmt.Fprintf(tw, "apiserver client cert:\t%s: %s\n", a.Dir, cert)
+		if a.Error != "" {
+			fmt.Fprintf(tw, "apiserver cert error:\t%s\n", a.Error)
+		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err

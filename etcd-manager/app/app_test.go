@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,6 +82,7 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatalf("set-spec: %d %s", code, errs)
 	}
 	metrics := "127.44.14.2:13991"
+	apiDir := filepath.Join(dir, "kube-apiserver", "etcd-main")
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	done := make(chan int, 1)
@@ -92,6 +94,7 @@ func TestRunAndStatus(t *testing.T) {
 			"--store", storeURL, "--discovery", "static", "--peers", "a=127.44.14.2:13994",
 			"--tick", "500ms", "--lease-duration", "2s", "--metrics-addr", metrics, "--etcd-log-level", "warn",
 			"--hosts-file", filepath.Join(dir, "hosts"),
+			"--apiserver-client-cert-dir", apiDir,
 		})
 	}()
 	t.Cleanup(func() {
@@ -103,6 +106,7 @@ func TestRunAndStatus(t *testing.T) {
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
+	apiSerial := ""
 	for {
 		o, _, code := run(t, EtcdManager(), "status", "--addr", metrics, "-o", "json")
 		var st struct {
@@ -111,8 +115,14 @@ func TestRunAndStatus(t *testing.T) {
 				Name    string `json:"name"`
 				Healthy bool   `json:"healthy"`
 			} `json:"members"`
+			APIServer struct {
+				Dir    string `json:"dir"`
+				Serial string `json:"serial"`
+			} `json:"apiserverClientCert"`
 		}
-		if code == 0 && json.Unmarshal([]byte(o), &st) == nil && st.IsLeader && len(st.Members) == 1 && st.Members[0].Healthy && st.Members[0].Name == "a" {
+		if code == 0 && json.Unmarshal([]byte(o), &st) == nil && st.IsLeader && len(st.Members) == 1 && st.Members[0].Healthy && st.Members[0].Name == "a" &&
+			st.APIServer.Dir == apiDir && st.APIServer.Serial != "" {
+			apiSerial = st.APIServer.Serial
 			break
 		}
 		if time.Now().After(deadline) {
@@ -121,7 +131,8 @@ func TestRunAndStatus(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	text, errs, code := run(t, EtcdManager(), "status", "--addr", metrics)
-	if code != 0 || !strings.Contains(text, "instance:") || !strings.Contains(text, "a (leader)") || !strings.Contains(text, "MEMBERS") {
+	if code != 0 || !strings.Contains(text, "instance:") || !strings.Contains(text, "a (leader)") || !strings.Contains(text, "MEMBERS") ||
+		!strings.Contains(text, "apiserver client cert:  "+apiDir+": kube-apiserver-etcd-client, serial "+apiSerial+", expires ") {
 		t.Fatalf("status text: %d %q %q", code, text, errs)
 	}
 	resp, err := http.Get("http://" + metrics + "/metrics")
@@ -136,6 +147,7 @@ func TestRunAndStatus(t *testing.T) {
 		`etcd_manager_healthy_members{etcd_cluster="main"} 1`,
 		fmt.Sprintf(`etcd_manager_etcd_version_info{etcd_cluster="main",version="%s"} 1`, version),
 		`etcd_manager_seconds_since_last_reconcile{etcd_cluster="main"}`,
+		`etcd_manager_apiserver_client_cert_expiry_timestamp_seconds{etcd_cluster="main"} `,
 	} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %q", want)
@@ -152,6 +164,11 @@ func TestRunAndStatus(t *testing.T) {
 	ctlOut, errs, code := run(t, ctl, "status", "--store", storeURL, "--cluster-name", "c.example")
 	if code != 0 || !strings.Contains(ctlOut, "leader:  a (term 1") && !strings.Contains(ctlOut, "a (term 1") {
 		t.Fatalf("ctl status: %d %q %q", code, ctlOut, errs)
+	}
+	for _, name := range []string{"etcd-client.crt", "etcd-client.key", "etcd-ca.crt"} {
+		if _, err := os.Stat(filepath.Join(apiDir, name)); err != nil {
+			t.Errorf("--apiserver-client-cert-dir: %v", err)
+		}
 	}
 	hosts, _ := readFile(filepath.Join(dir, "hosts"))
 	if !strings.Contains(hosts, "127.44.14.2\tetcd-a.internal.c.example") {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,12 @@ type Config struct {
 	ExtraSANs []string
 	// HostsFile, when set, gets a managed block with every peer's name.
 	HostsFile string
+	// APIServerClientCertDir, when set, receives the client certificate
+	// kube-apiserver uses to talk to etcd: etcd-client.crt, etcd-client.key
+	// (mode 0600) and etcd-ca.crt (the CA of etcd's serving certificates).
+	// It is kept valid and rotated like the members' certificates, without
+	// restarting etcd. Must be an absolute path.
+	APIServerClientCertDir string
 
 	Store     store.Store
 	Discovery discovery.Discovery
@@ -139,6 +146,9 @@ func (c Config) Validate() error {
 		if p.v <= 0 || p.v > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d is not a port", p.name, p.v))
 		}
+	}
+	if c.APIServerClientCertDir != "" && !filepath.IsAbs(c.APIServerClientCertDir) {
+		errs = append(errs, fmt.Errorf("apiServerClientCertDir: %q is not an absolute path", c.APIServerClientCertDir))
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("store: none"))

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,13 @@ type Manager struct {
 	// bootstrapped and warnedCommands are only touched by the loop goroutine.
 	bootstrapped   bool
 	warnedCommands map[string]bool
+	// The API server's etcd client certificate (ensureAPIServerCert):
+	// the one in the directory, whether it was checked against the CA,
+	// when this instance last wrote it, and the last error.
+	apiCert     *x509.Certificate
+	apiVerified bool
+	apiWritten  time.Time
+	apiErr      string
 }
 
 // Start validates cfg, loads the identity, issues certificates, serves
@@ -134,6 +142,7 @@ func Start(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 	}
 	m.met = newMetrics(cfg.MetricsRegistry, m)
+	m.ensureAPIServerCert()
 	m.lease = leader.New(cfg.Store, layout.LeaderKey(), st.ID, cfg.LeaseDuration, clock{now})
 
 	pool, err := m.certs.managerPool()

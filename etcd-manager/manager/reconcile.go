@@ -47,6 +47,7 @@ func (m *Manager) tick(ctx context.Context) error {
 		}
 	}
 	m.rotateOwnManagerCert()
+	m.ensureAPIServerCert()
 
 	spec, specErr := control.ReadSpec(ctx, m.cfg.Store, m.layout)
 	m.mu.Lock()

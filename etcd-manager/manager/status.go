@@ -33,6 +33,9 @@ type Status struct {
 	Local         peer.Info `json:"local"`
 	LastReconcile time.Time `json:"lastReconcile"`
 	LastError     string    `json:"lastError,omitempty"`
+	// APIServerClientCert is the API server's etcd client certificate,
+	// when --apiserver-client-cert-dir is set.
+	APIServerClientCert *APIServerCertStatus `json:"apiserverClientCert,omitempty"`
 }
 
 // MemberStatus is one etcd member.
@@ -61,6 +64,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 		s.Members = nil
 	}
 	s.Peers = append([]peer.Info(nil), s.Peers...)
+	s.APIServerClientCert = m.apiserverStatusLocked()
 	return s, nil
 }
 
@@ -160,8 +164,10 @@ type metrics struct {
 	members  prometheus.Gauge
 	healthy  prometheus.Gauge
 	version  *prometheus.GaugeVec
-	mu       sync.Mutex // guards lastVer
-	lastVer  string
+	// apiserverExpiry is nil without an API server certificate directory.
+	apiserverExpiry prometheus.Gauge
+	mu              sync.Mutex // guards lastVer
+	lastVer         string
 }
 
 func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
@@ -183,6 +189,11 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		return m.now().Sub(last).Seconds()
 	})
 	mt.cs = []prometheus.Collector{mt.isLeader, mt.members, mt.healthy, mt.version, since}
+	if m.cfg.APIServerClientCertDir != "" {
+		mt.apiserverExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_apiserver_client_cert_expiry_timestamp_seconds",
+			Help: "NotAfter (Unix seconds) of the API server's etcd client certificate this instance keeps; 0 until there is one.", ConstLabels: labels})
+		mt.cs = append(mt.cs, mt.apiserverExpiry)
+	}
 	if reg != nil {
 		for _, c := range mt.cs {
 			if err := reg.Register(c); err != nil {

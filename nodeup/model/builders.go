@@ -272,8 +272,36 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 	if err := c.Add(&tasks.Install{Path: units.ProtokubeBin, Asset: a, Mode: 0o755}); err != nil {
 		return err
 	}
-	args := []string{"run", "--store=" + in.StoreURL, "--cluster=" + s.ClusterName, "--role=" + string(s.Role)}
-	return c.Add(service(units.Protokube(args), []string{units.ProtokubeBin}))
+	return c.Add(service(units.Protokube(protokubeArgs(in)), []string{units.ProtokubeBin}))
+}
+
+// protokubeArgs are protokube's gossip daemon flags from the configuration.
+// Control-plane nodes publish the API server's internal name with their own
+// address, which is how workers find it without cloud credentials.
+func protokubeArgs(in *Input) []string {
+	s := in.Config.Spec
+	args := []string{"gossip", "--store=" + in.StoreURL, "--cluster=" + s.ClusterName, "--hosts-file=/etc/hosts"}
+	if g := s.Gossip; g != nil {
+		if g.Port != 0 {
+			args = append(args, fmt.Sprintf("--bind=0.0.0.0:%d", g.Port))
+		}
+		if g.Seeds != "" {
+			args = append(args, "--seeds="+g.Seeds)
+		}
+		for _, seed := range g.StaticSeeds {
+			args = append(args, "--static-seed="+seed)
+		}
+		if g.DNSListen != "" {
+			args = append(args, "--dns-listen="+g.DNSListen)
+		}
+		if g.Forward {
+			args = append(args, "--dns-forward")
+		}
+	}
+	if s.Role == config.RoleControlPlane {
+		args = append(args, "--publish=api=self")
+	}
+	return args
 }
 
 type etcdManagerBuilder struct{}
@@ -296,6 +324,7 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 		// data directory is where protokube mounts the member's volume.
 		args := []string{"run", "--store=" + in.StoreURL, "--cluster-name=" + s.ClusterName, "--etcd-cluster=" + e.Name,
 			"--data-dir=" + EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
+			"--apiserver-client-cert-dir=/etc/kubernetes/pki/kube-apiserver/etcd-" + e.Name,
 			fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort)}
 		svc := service(units.EtcdManager(e.Name, args), []string{units.EtcdManagerBin})
 		// protokube starts it once the member's volume is mounted.
