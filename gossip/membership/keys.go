@@ -120,17 +120,26 @@ func (s StoreKeys) Version(ctx context.Context) (string, error) {
 
 // WriteKeys stores a keyring document, for the tools that create and rotate keys.
 func WriteKeys(ctx context.Context, s store.Store, key string, ks KeySet) error {
+	_, err := PutKeys(ctx, s, key, ks, store.Condition{})
+	return err
+}
+
+// PutKeys checks and stores a keyring document subject to cond
+// (create-if-absent or compare-and-swap) and returns the written object's
+// info. A failed condition returns an error wrapping store.ErrPrecondition.
+func PutKeys(ctx context.Context, s store.Store, key string, ks KeySet, cond store.Condition) (store.Info, error) {
 	if _, _, err := ks.Decode(store.JoinURL(s.URL(), key)); err != nil {
-		return err
+		return store.Info{}, err
 	}
 	b, err := yaml.Marshal(ks)
 	if err != nil {
-		return err
+		return store.Info{}, err
 	}
-	if _, err := s.Put(ctx, key, bytes.NewReader(b), store.Condition{}); err != nil {
-		return fmt.Errorf("writing gossip keys: %w", err)
+	info, err := s.Put(ctx, key, bytes.NewReader(b), cond)
+	if err != nil {
+		return store.Info{}, fmt.Errorf("writing gossip keys: %w", err)
 	}
-	return nil
+	return info, nil
 }
 
 // applyKeys brings a live keyring to ks without dropping traffic: new keys

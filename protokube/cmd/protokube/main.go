@@ -6,13 +6,15 @@ import (
 
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/protokube/gossipd"
+	"github.com/kopsnode/agents/protokube/gossipkeys"
 )
 
-func main() {
-	app := &cli.App{
+func app() *cli.App {
+	return &cli.App{
 		Name:     "protokube",
 		Summary:  "control-plane agent: etcd volumes, etcd-manager and gossip DNS",
-		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand()},
+		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand(), gossipkeys.Command()},
 	}
-	os.Exit(app.Main())
 }
+
+func main() { os.Exit(app().Main()) }
