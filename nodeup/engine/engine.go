@@ -551,7 +551,12 @@ func runTask(ctx context.Context, j job, env *Env, opts Options) (res Result) {
 			e.Log.Warn("task converged with a warning", "error", err)
 			return res
 		}
-		lastErr = err
+		// When the task's deadline cut an attempt short, the error worth
+		// reporting is the previous attempt's (a full disk, a hash
+		// mismatch), not "context deadline exceeded".
+		if lastErr == nil || tctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) {
+			lastErr = err
+		}
 		var perm *Permanent
 		if errors.As(err, &perm) || tctx.Err() != nil {
 			break

@@ -276,3 +276,27 @@ func TestPanicInTaskIsAFailure(t *testing.T) {
 		t.Fatalf("boom = %+v", r)
 	}
 }
+
+// TestDeadlineKeepsTheRealCause: when the task deadline cuts an attempt
+// short, the reported error is the previous attempt's cause, not the
+// deadline.
+func TestDeadlineKeepsTheRealCause(t *testing.T) {
+	var calls atomic.Int32
+	slow := &fake{id: "slow", diff: true, apply: func(ctx context.Context) error {
+		if calls.Add(1) == 1 {
+			return errors.New("writing /var/cache/x: no space left on device")
+		}
+		<-ctx.Done() // the second attempt runs into the deadline
+		return fmt.Errorf("writing /var/cache/x: %w", ctx.Err())
+	}}
+	opts := fastOpts()
+	opts.TaskTimeout = 100 * time.Millisecond
+	rep, err := engine.Run(context.Background(), graph(t, slow), testEnv(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Results["slow"]
+	if r.Status != engine.StatusFailed || !strings.Contains(r.Error, "no space left on device") || !strings.Contains(r.Error, "gave up after") {
+		t.Fatalf("slow = %+v, want the full-disk cause and the give-up note", r)
+	}
+}
