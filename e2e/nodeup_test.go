@@ -23,7 +23,7 @@ const (
 )
 
 // The daemons nodeup starts on a control-plane node of this configuration.
-var daemons = []string{"containerd.service", "kubelet.service", "protokube.service"}
+var daemons = []string{"containerd.service", "kubelet.service", "protokube.service", "protokube-etcd-volumes.service"}
 
 // unitRun identifies one activation of a unit: a restart changes both.
 type unitRun struct {
@@ -111,6 +111,8 @@ spec:
     - name: events
       members: 1
       version: 3.6.16
+  gossip:
+    seeds: store
 `)
 }
 

@@ -62,6 +62,28 @@ func Protokube(args []string) Unit {
 	}
 }
 
+// EtcdDataDir is where protokube mounts the volume of an etcd cluster's
+// member on this node, and so etcd-manager's data directory.
+func EtcdDataDir(etcdCluster string) string { return "/mnt/etcd/" + etcdCluster }
+
+// NodeConfigCopy is nodeup's local copy of the node configuration, read by
+// protokube etcd-volumes.
+const NodeConfigCopy = "/etc/nodeup/nodeconfig.yaml"
+
+// ProtokubeEtcdVolumes is protokube-etcd-volumes.service: it mounts each etcd
+// member's volume and then starts its etcd-manager unit.
+func ProtokubeEtcdVolumes(args []string) Unit {
+	return Unit{
+		Name:        "protokube-etcd-volumes.service",
+		Description: "protokube: mount the etcd volumes, then start etcd-manager",
+		After:       []string{"local-fs.target"},
+		ExecStart:   ProtokubeBin + " " + strings.Join(args, " "),
+		Restart:     "always",
+		RestartSec:  "5",
+		WantedBy:    []string{"multi-user.target"},
+	}
+}
+
 // EtcdManager is etcd-manager-<cluster>.service. It has no [Install]
 // section: protokube starts it once the member's volume is mounted.
 func EtcdManager(cluster string, args []string) Unit {

@@ -82,7 +82,7 @@ func TestApplyConvergesAndRerunChangesNothing(t *testing.T) {
 	}
 	calls := f.systemd.Calls()
 	started := nodeuptest.Changing(calls, "start")
-	want := []string{"containerd.service", "kubelet.service", "protokube.service"}
+	want := []string{"containerd.service", "kubelet.service", "protokube-etcd-volumes.service", "protokube.service"}
 	if strings.Join(started, ",") != strings.Join(want, ",") {
 		t.Fatalf("started %v, want %v", started, want)
 	}

@@ -272,7 +272,41 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 	if err := c.Add(&tasks.Install{Path: units.ProtokubeBin, Asset: a, Mode: 0o755}); err != nil {
 		return err
 	}
-	return c.Add(service(units.Protokube(protokubeArgs(in)), []string{units.ProtokubeBin}))
+	if s.Gossip != nil {
+		if err := c.Add(service(units.Protokube(protokubeArgs(in)), []string{units.ProtokubeBin})); err != nil {
+			return err
+		}
+	}
+	if s.Role != config.RoleControlPlane || len(s.EtcdClusters) == 0 {
+		return nil
+	}
+	// protokube etcd-volumes reads a local copy of the configuration, so it
+	// never starts etcd-manager from a configuration nodeup did not verify.
+	// The copy holds only what it reads, so that changing, say, a kubelet
+	// setting does not restart it.
+	doc, err := config.Marshal(&config.NodeConfig{
+		TypeMeta: in.Config.TypeMeta,
+		Metadata: in.Config.Metadata,
+		Spec: config.NodeConfigSpec{
+			ClusterName:       s.ClusterName,
+			Role:              s.Role,
+			KubernetesVersion: s.KubernetesVersion,
+			EtcdClusters:      s.EtcdClusters,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("rendering %s: %w", units.NodeConfigCopy, err)
+	}
+	if err := c.Add(file(units.NodeConfigCopy, string(doc), 0o600)); err != nil {
+		return err
+	}
+	args := []string{"etcd-volumes", "--config=" + units.NodeConfigCopy}
+	for _, e := range s.EtcdClusters {
+		if e.Volume.Device != "" {
+			args = append(args, "--device="+e.Name+"="+e.Volume.Device)
+		}
+	}
+	return c.Add(service(units.ProtokubeEtcdVolumes(args), []string{units.ProtokubeBin, units.NodeConfigCopy}))
 }
 
 // protokubeArgs are protokube's gossip daemon flags from the configuration.
@@ -323,7 +357,7 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 		// The address defaults to the default route's source address; the
 		// data directory is where protokube mounts the member's volume.
 		args := []string{"run", "--store=" + in.StoreURL, "--cluster-name=" + s.ClusterName, "--etcd-cluster=" + e.Name,
-			"--data-dir=" + EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
+			"--data-dir=" + units.EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
 			"--apiserver-client-cert-dir=/etc/kubernetes/pki/kube-apiserver/etcd-" + e.Name,
 			fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort)}
 		svc := service(units.EtcdManager(e.Name, args), []string{units.EtcdManagerBin})
@@ -338,10 +372,6 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 
 // EtcdBinDirRoot holds one v<version>/etcd per installed etcd version.
 const EtcdBinDirRoot = "/opt/etcd"
-
-// EtcdDataDir is where protokube mounts the volume of an etcd cluster's
-// member on this node, and so etcd-manager's data directory.
-func EtcdDataDir(etcdCluster string) string { return "/mnt/etcd/" + etcdCluster }
 
 type nodeupBuilder struct{}
 

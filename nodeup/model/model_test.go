@@ -11,6 +11,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	units "github.com/kopsnode/agents/systemd-units"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -59,7 +60,7 @@ func TestControlPlaneHasAgentsWorkerHasNot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"unit:protokube.service", "unit:etcd-manager-main.service", "unit:etcd-manager-events.service", "unit:kubelet.service", "unit:containerd.service", "unit:nodeup.service", "file:/etc/cni/net.d/10-bridge.conflist"} {
+	for _, id := range []string{"unit:protokube.service", "unit:protokube-etcd-volumes.service", "unit:etcd-manager-main.service", "unit:etcd-manager-events.service", "unit:kubelet.service", "unit:containerd.service", "unit:nodeup.service", "file:/etc/cni/net.d/10-bridge.conflist"} {
 		if _, ok := cp.Get(id); !ok {
 			t.Errorf("control plane lacks %s", id)
 		}
@@ -140,3 +141,28 @@ func TestNetworkingModes(t *testing.T) {
 }
 
 var _ engine.Task = (*tasks.File)(nil)
+
+// TestNodeConfigCopyLoads checks that the configuration copy written for
+// protokube etcd-volumes is a valid node configuration with the etcd clusters.
+func TestNodeConfigCopyLoads(t *testing.T) {
+	in := &Input{Config: load(t, "control-plane"), StoreURL: "file:///s"}
+	g, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := g.Get(tasks.FileID(units.NodeConfigCopy))
+	task, ok := got.(*tasks.File)
+	if !ok {
+		t.Fatalf("no file task for %s", units.NodeConfigCopy)
+	}
+	if task.Mode != 0o600 {
+		t.Errorf("%s mode %v, want 0600", units.NodeConfigCopy, task.Mode)
+	}
+	n, err := config.ParseNodeConfig(task.Content, units.NodeConfigCopy)
+	if err != nil {
+		t.Fatalf("the copy does not parse: %v", err)
+	}
+	if len(n.Spec.EtcdClusters) != len(in.Config.Spec.EtcdClusters) || n.Spec.ClusterName != in.Config.Spec.ClusterName {
+		t.Fatalf("copy = %+v", n.Spec)
+	}
+}

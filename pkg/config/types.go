@@ -162,6 +162,11 @@ type VolumeSpec struct {
 	Type    string `yaml:"type,omitempty" json:"type,omitempty"`
 	// IOPS is for volume types that take it.
 	IOPS int `yaml:"iops,omitempty" json:"iops,omitempty"`
+	// Device is the block device that holds this etcd cluster's member
+	// volume on bare-metal nodes (for example /dev/disk/by-id/...). It is
+	// formatted only when blank. Empty: only volumes already formatted for
+	// this member are found (by label).
+	Device string `yaml:"device,omitempty" json:"device,omitempty"`
 }
 
 // BackupSpec configures scheduled backups to the state store.

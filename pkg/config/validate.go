@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	pathpkg "path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -275,6 +276,9 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		}
 		if e.Volume.IOPS < 0 {
 			v.add(p+".volume.iops", fmt.Sprintf("%d is negative", e.Volume.IOPS))
+		}
+		if d := e.Volume.Device; d != "" && (!strings.HasPrefix(d, "/dev/") || pathpkg.Clean(d) != d || strings.ContainsAny(d, " \t\n,=")) {
+			v.add(p+".volume.device", fmt.Sprintf("%q is not a clean device path under /dev/", d))
 		}
 		v.duration(p+".backups.interval", e.Backups.Interval, time.Minute)
 		if e.Backups.Retain < 1 || e.Backups.Retain > 10000 {

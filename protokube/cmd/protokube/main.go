@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/protokube/etcdvolumes"
 	"github.com/kopsnode/agents/protokube/gossipd"
 	"github.com/kopsnode/agents/protokube/gossipkeys"
 )
@@ -13,7 +14,7 @@ func app() *cli.App {
 	return &cli.App{
 		Name:     "protokube",
 		Summary:  "control-plane agent: etcd volumes, etcd-manager and gossip DNS",
-		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand(), gossipkeys.Command()},
+		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand(), gossipkeys.Command(), etcdvolumes.Command()},
 	}
 }
 
