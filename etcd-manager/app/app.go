@@ -77,8 +77,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
 	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "listen address of /healthz, /metrics and /status (default 127.0.0.1:3991 main, 127.0.0.1:3992 events)")
-	fs.StringVar(&f.log.Format, "log-format", "text", "log format: text or json")
-	fs.StringVar(&f.log.Level, "log-level", "info", "log level: debug, info, warn, error")
+	f.log.AddFlags(fs)
 }
 
 // ParsePeers parses "id=host:port,...".

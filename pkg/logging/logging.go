@@ -4,6 +4,7 @@
 package logging
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,19 @@ import (
 type Options struct {
 	Format string // "text" (default) or "json"
 	Level  string // "debug", "info" (default), "warn", "error"
+}
+
+// AddFlags binds --log-format and --log-level to o, keeping o's values as
+// the defaults (empty means text and info).
+func (o *Options) AddFlags(fs *flag.FlagSet) {
+	if o.Format == "" {
+		o.Format = "text"
+	}
+	if o.Level == "" {
+		o.Level = "info"
+	}
+	fs.StringVar(&o.Format, "log-format", o.Format, "log format: text or json")
+	fs.StringVar(&o.Level, "log-level", o.Level, "log level: debug, info, warn, error")
 }
 
 // Validate reports an unknown format or level, naming the flag.

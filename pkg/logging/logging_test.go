@@ -3,6 +3,7 @@ package logging
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"strings"
 	"testing"
 )
@@ -48,5 +49,20 @@ func TestValidateNamesFlag(t *testing.T) {
 		if err := c.o.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", c.o, err, c.want)
 		}
+	}
+}
+
+func TestAddFlags(t *testing.T) {
+	var o Options
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if o.Format != "text" || o.Level != "info" {
+		t.Fatalf("defaults = %+v, want text and info", o)
+	}
+	if err := fs.Parse([]string{"--log-format", "json", "--log-level", "debug"}); err != nil {
+		t.Fatal(err)
+	}
+	if o.Format != "json" || o.Level != "debug" {
+		t.Fatalf("after parsing = %+v", o)
 	}
 }

@@ -127,8 +127,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StatusListen, "status-listen", c.StatusListen, "address serving /healthz, /metrics and /status (empty: none; not used with --once)")
 	fs.BoolVar(&c.Once, "once", c.Once, "run one pass, print the status and exit (exit code 1 unless every member is ready)")
 	fs.StringVar(&c.Output, "o", c.Output, "--once output format: text or json")
-	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
-	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn, error")
+	c.Log.AddFlags(fs)
 }
 
 // Validate reports every problem, naming the flag.

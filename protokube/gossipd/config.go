@@ -94,8 +94,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StatusAddr, "status-listen", c.StatusAddr, "listen address of /healthz, /metrics and /status")
 	fs.DurationVar(&c.LeaveGrace, "leave-grace", c.LeaveGrace, "how long a departed node's records are kept")
 	fs.BoolVar(&c.Fast, "test-timings", c.Fast, "short gossip timings for tests of several nodes on one machine")
-	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
-	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn, error")
+	c.Log.AddFlags(fs)
 }
 
 // Zone returns the DNS zone, defaulted from the cluster name.
