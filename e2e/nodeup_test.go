@@ -14,6 +14,7 @@ import (
 
 	"github.com/kopsnode/agents/e2e/machine"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/testtools"
 )
 
 const (
@@ -58,12 +59,12 @@ func (f *nodeFixture) standardAssets() {
 		"runc":         f.fakeAsset("runc"),
 		"protokube":    f.fakeAsset("protokube"),
 		"etcd-manager": f.fakeAsset("etcd-manager"),
-		"containerd": tarGz(f.t, map[string][]byte{
+		"containerd": testtools.TarGz(f.t, map[string][]byte{
 			"bin/containerd":              f.fakeAsset("containerd"),
 			"bin/containerd-shim-runc-v2": f.fakeAsset("shim"),
 			"bin/ctr":                     f.fakeAsset("ctr"),
 		}),
-		"cni-plugins": tarGz(f.t, map[string][]byte{
+		"cni-plugins": testtools.TarGz(f.t, map[string][]byte{
 			"./bridge": f.fakeAsset("bridge"), "./host-local": f.fakeAsset("host-local"),
 			"./loopback": f.fakeAsset("loopback"), "./portmap": f.fakeAsset("portmap"),
 		}),

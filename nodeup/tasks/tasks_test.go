@@ -16,6 +16,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/fsroot"
 	"github.com/kopsnode/agents/nodeup/internal/nodeuptest"
 	"github.com/kopsnode/agents/nodeup/state"
+	"github.com/kopsnode/agents/pkg/testtools"
 )
 
 func env(t *testing.T, root string) (*engine.Env, *nodeuptest.Runner) {
@@ -118,7 +119,7 @@ func TestManagedBlockLeavesTheRestAlone(t *testing.T) {
 func TestAssetExtractAndInstall(t *testing.T) {
 	root := t.TempDir()
 	e, _ := env(t, root)
-	data := nodeuptest.TarGz(t, map[string]string{"bin/tool": "#!/bin/sh\n", "./other": "x"})
+	data := testtools.TarGz(t, map[string]string{"bin/tool": "#!/bin/sh\n", "./other": "x"})
 	srv := nodeuptest.NewServer(t, []nodeuptest.Asset{{Name: "a.tgz", Data: data}})
 	a := &Asset{Name: "tool", SHA256: nodeuptest.Asset{Data: data}.SHA256(), URLs: []string{srv.URL + "/a.tgz"}, Extract: true}
 	var b strings.Builder

@@ -4,9 +4,6 @@
 package nodeuptest
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,6 +20,7 @@ import (
 
 	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/store/file"
+	"github.com/kopsnode/agents/pkg/testtools"
 	units "github.com/kopsnode/agents/systemd-units"
 )
 
@@ -39,34 +37,6 @@ func (a Asset) SHA256() string {
 	return hex.EncodeToString(s[:])
 }
 
-// TarGz builds a .tar.gz of the given files (name -> content), mode 0755.
-func TarGz(t testing.TB, files map[string]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o755, Size: int64(len(files[n])), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(files[n])); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // Script is a tiny executable standing in for a binary.
 func Script(name string) string { return "#!/bin/sh\n# fake " + name + "\nexec sleep infinity\n" }
 
@@ -77,12 +47,12 @@ func StandardAssets(t testing.TB, version string) []Asset {
 		{Name: "runc", Data: []byte(Script("runc " + version))},
 		{Name: "protokube", Data: []byte(Script("protokube " + version))},
 		{Name: "etcd-manager", Data: []byte(Script("etcd-manager " + version))},
-		{Name: "containerd", Extract: true, Data: TarGz(t, map[string]string{
+		{Name: "containerd", Extract: true, Data: testtools.TarGz(t, map[string]string{
 			"bin/containerd":              Script("containerd " + version),
 			"bin/containerd-shim-runc-v2": Script("shim " + version),
 			"bin/ctr":                     Script("ctr " + version),
 		})},
-		{Name: "cni-plugins", Extract: true, Data: TarGz(t, map[string]string{
+		{Name: "cni-plugins", Extract: true, Data: testtools.TarGz(t, map[string]string{
 			"./bridge": Script("bridge"), "./host-local": Script("host-local"),
 			"./loopback": Script("loopback"), "./portmap": Script("portmap"),
 		})},
