@@ -654,38 +654,27 @@ func testCancelled(t *testing.T, s store.Store) {
 	}
 }
 
-func testMissingBucket(t *testing.T, s store.Store) {
-	t.Cleanup(func() { s.Close() })
-	ctx := ctxFor(t)
-	const key = "c/cluster.yaml"
-	url := store.JoinURL(s.URL(), key)
-	_, _, err := s.Open(ctx, key)
-	wantErr(t, "Open", err, store.ErrNoBucket, url)
-	_, err = s.Stat(ctx, key)
-	wantErr(t, "Stat", err, store.ErrNoBucket, url)
-	_, err = s.Put(ctx, key, strings.NewReader("x"), store.Condition{})
-	wantErr(t, "Put", err, store.ErrNoBucket, url)
-	_, err = s.List(ctx, "c/")
-	wantErr(t, "List", err, store.ErrNoBucket, store.JoinURL(s.URL(), "c/"))
-	err = s.Delete(ctx, key)
-	wantErr(t, "Delete", err, store.ErrNoBucket, url)
-}
+func testMissingBucket(t *testing.T, s store.Store) { testEveryOpFails(t, s, store.ErrNoBucket) }
 
-func testBadCredentials(t *testing.T, s store.Store) {
+func testBadCredentials(t *testing.T, s store.Store) { testEveryOpFails(t, s, store.ErrAccessDenied) }
+
+// testEveryOpFails checks that every operation fails with the error kind
+// want and names the URL it was about.
+func testEveryOpFails(t *testing.T, s store.Store, want error) {
 	t.Cleanup(func() { s.Close() })
 	ctx := ctxFor(t)
 	const key = "c/cluster.yaml"
 	url := store.JoinURL(s.URL(), key)
 	_, _, err := s.Open(ctx, key)
-	wantErr(t, "Open", err, store.ErrAccessDenied, url)
+	wantErr(t, "Open", err, want, url)
 	_, err = s.Stat(ctx, key)
-	wantErr(t, "Stat", err, store.ErrAccessDenied, url)
+	wantErr(t, "Stat", err, want, url)
 	_, err = s.Put(ctx, key, strings.NewReader("x"), store.Condition{})
-	wantErr(t, "Put", err, store.ErrAccessDenied, url)
+	wantErr(t, "Put", err, want, url)
 	_, err = s.List(ctx, "c/")
-	wantErr(t, "List", err, store.ErrAccessDenied, store.JoinURL(s.URL(), "c/"))
+	wantErr(t, "List", err, want, store.JoinURL(s.URL(), "c/"))
 	err = s.Delete(ctx, key)
-	wantErr(t, "Delete", err, store.ErrAccessDenied, url)
+	wantErr(t, "Delete", err, want, url)
 }
 
 func testVersionedDelete(t *testing.T, s store.Store, count func(t *testing.T, s store.Store, key string) int) {
