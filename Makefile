@@ -35,7 +35,7 @@ tools:
 test: tools build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-# Tests that need no root, network namespace or built tool.
+# A quicker run: packages that check testing.Short() shorten their work.
 test-short:
 	$(GO) test -short -count=1 ./...
 

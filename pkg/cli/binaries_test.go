@@ -11,9 +11,6 @@ import (
 // TestBinariesHelpAndVersion builds every binary of the suite and checks that
 // each prints its help and its version, as the foundation promises.
 func TestBinariesHelpAndVersion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds every binary")
-	}
 	bins := map[string]string{
 		"nodeup":           "../../nodeup/cmd/nodeup",
 		"protokube":        "../../protokube/cmd/protokube",
