@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 75m
 
 export TOOLS_DIR
 
-.PHONY: all build test test-short lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
+.PHONY: all build test lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
 
 all: build
 
@@ -34,10 +34,6 @@ tools:
 # Every test of the project, with the real servers built by `make tools`.
 test: tools build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-
-# A quicker run: packages that check testing.Short() shorten their work.
-test-short:
-	$(GO) test -short -count=1 ./...
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
