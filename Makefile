@@ -40,9 +40,10 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Benchmarks that print the figures the issues name.
+# Benchmarks that print the figures the issues name. One package at a time
+# (-p 1): benchmarks running side by side would measure each other.
 bench: tools build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 # nodeup's main job on the embedded default (file://) store, against a scratch root.
 demo: bin/nodeup
