@@ -71,7 +71,11 @@ GO
 	mv -f "$src/etcd" "$dir/etcd"
 	rm -rf "$src"
 	echo "$ver" >"$dir/.version"
-	"$dir/etcd" --version | head -1 >&2
+	# No pipe into head: under pipefail a reader that exits early kills the
+	# writer with SIGPIPE (exit 141) depending on timing.
+	local out
+	out="$("$dir/etcd" --version)"
+	log "${out%%$'\n'*}"
 }
 
 what="${1:-all}"
