@@ -1,9 +1,5 @@
 package config
 
-import (
-	"net/netip"
-)
-
 // Default values. They are applied by SetDefaults and nowhere else; the
 // configuration reference (docs/configuration.md) lists them.
 const (
@@ -104,16 +100,9 @@ func (n *NodeConfig) SetDefaults() {
 		k.MaxPods = DefaultMaxPods
 	}
 	if k.ClusterDNS == "" {
-		// Like kube-dns, the cluster DNS service takes the tenth address of
-		// the service range.
-		if p, err := netip.ParsePrefix(s.Networking.ServiceCIDR); err == nil {
-			a := p.Masked().Addr()
-			for i := 0; i < 10 && a.IsValid(); i++ {
-				a = a.Next()
-			}
-			if a.IsValid() && p.Contains(a) {
-				k.ClusterDNS = a.String()
-			}
+		// An invalid service range is reported by validation.
+		if a, err := s.Networking.ClusterDNSIP(); err == nil {
+			k.ClusterDNS = a.String()
 		}
 	}
 	for i := range s.EtcdClusters {
