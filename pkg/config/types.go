@@ -75,6 +75,7 @@ type NodeConfigSpec struct {
 	Assets            []Asset              `yaml:"assets,omitempty" json:"assets,omitempty"`
 	ContainerRuntime  ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
 	Kubelet           KubeletSpec          `yaml:"kubelet" json:"kubelet"`
+	KubeProxy         *KubeProxySpec       `yaml:"kubeProxy,omitempty" json:"kubeProxy,omitempty"`
 	Networking        NetworkingSpec       `yaml:"networking" json:"networking"`
 	// Sysctls maps a sysctl name (net.ipv4.ip_forward) to its value.
 	Sysctls map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
@@ -107,6 +108,14 @@ type ContainerRuntimeSpec struct {
 	SystemdCgroup *bool `yaml:"systemdCgroup,omitempty" json:"systemdCgroup,omitempty"`
 	// RegistryMirrors maps a registry host to mirror endpoints.
 	RegistryMirrors map[string][]string `yaml:"registryMirrors,omitempty" json:"registryMirrors,omitempty"`
+	// Version is the version of the containerd the node installs ("2.4.2").
+	// Its major version selects the schema of containerd's configuration
+	// file; empty means 2.x.
+	Version string `yaml:"version,omitempty" json:"version,omitempty"`
+	// RestrictOOMScoreAdj keeps containers' OOM score adjustment at or
+	// above containerd's own; needed where containerd lacks
+	// CAP_SYS_RESOURCE (in some containers), or pod sandboxes fail.
+	RestrictOOMScoreAdj bool `yaml:"restrictOOMScoreAdj,omitempty" json:"restrictOOMScoreAdj,omitempty"`
 }
 
 // KubeletSpec configures the kubelet.
@@ -119,6 +128,20 @@ type KubeletSpec struct {
 	NodeLabels    map[string]string `yaml:"nodeLabels,omitempty" json:"nodeLabels,omitempty"`
 	Taints        []string          `yaml:"taints,omitempty" json:"taints,omitempty"`
 	ExtraArgs     map[string]string `yaml:"extraArgs,omitempty" json:"extraArgs,omitempty"`
+	// FailCgroupV1 is the KubeletConfiguration setting of the same name:
+	// false lets the kubelet start on a cgroup v1 host. Unset: the
+	// kubelet's default.
+	FailCgroupV1 *bool `yaml:"failCgroupV1,omitempty" json:"failCgroupV1,omitempty"`
+	// ResolvConf is the resolver file the kubelet gives pods with the
+	// Default DNS policy (kubelet default /etc/resolv.conf).
+	ResolvConf string `yaml:"resolvConf,omitempty" json:"resolvConf,omitempty"`
+}
+
+// KubeProxySpec configures kube-proxy, which nodeup runs on every node
+// whose configuration has a kube-proxy asset.
+type KubeProxySpec struct {
+	// Enabled false keeps kube-proxy off even with the asset (default true).
+	Enabled *bool `yaml:"enabled,omitempty" json:"enabled,omitempty"`
 }
 
 // Networking modes.

@@ -56,7 +56,7 @@ func taintEffects() []string    { return []string{"NoSchedule", "PreferNoSchedul
 func assetURLSchemes() []string { return []string{"http", "https", "file", "s3", "gs"} }
 func storeURLSchemes() []string { return []string{"file", "s3", "gs"} }
 func containerRuntimes() []string {
-	return []string{"containerd", "docker"}
+	return []string{"containerd"}
 }
 
 // Validate checks a *Cluster or a *NodeConfig, with defaults already
@@ -420,8 +420,16 @@ func (v *validator) cidr(path, s string) (netip.Prefix, bool) {
 }
 
 func (v *validator) containerRuntime(path string, r *ContainerRuntimeSpec) {
-	if !slices.Contains(containerRuntimes(), r.Name) {
-		v.add(path+".name", fmt.Sprintf("%q is not a supported container runtime; must be %q or %q", r.Name, "containerd", "docker"))
+	switch {
+	case r.Name == "docker":
+		v.add(path+".name", `"docker" is not supported yet (nodeup installs and configures containerd only); use "containerd"`)
+	case !slices.Contains(containerRuntimes(), r.Name):
+		v.add(path+".name", fmt.Sprintf("%q is not a supported container runtime; must be %q", r.Name, "containerd"))
+	}
+	if r.Version != "" {
+		if _, err := ContainerdMajor(r.Version); err != nil {
+			v.add(path+".version", err.Error())
+		}
 	}
 	if r.SandboxImage == "" || strings.IndexFunc(r.SandboxImage, unicode.IsSpace) >= 0 || strings.IndexFunc(r.SandboxImage, unicode.IsControl) >= 0 {
 		v.add(path+".sandboxImage", fmt.Sprintf("%q is not an image reference", r.SandboxImage))
@@ -455,6 +463,9 @@ func (v *validator) kubelet(path string, k *KubeletSpec) {
 		v.add(path+".clusterDNS", fmt.Sprintf("%q is not an IP address", k.ClusterDNS))
 	}
 	v.dnsName(path+".clusterDomain", k.ClusterDomain, true)
+	if k.ResolvConf != "" && (!strings.HasPrefix(k.ResolvConf, "/") || strings.ContainsAny(k.ResolvConf, "\n\r\x00")) {
+		v.add(path+".resolvConf", fmt.Sprintf("%q is not an absolute file path", k.ResolvConf))
+	}
 	if k.MaxPods < 1 || k.MaxPods > 1024 {
 		v.add(path+".maxPods", fmt.Sprintf("%d is out of range (1 to 1024)", k.MaxPods))
 	}
