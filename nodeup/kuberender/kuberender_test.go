@@ -108,7 +108,7 @@ func TestContainerdConfigGolden(t *testing.T) {
 	base := config.ContainerRuntimeSpec{
 		Name: "containerd", SandboxImage: "registry.k8s.io/pause:3.10.1", SystemdCgroup: &tr,
 		RegistryMirrors: map[string][]string{
-			"docker.io":                {"https://mirror-b.example.com", "http://mirror-a.example.com:5000"},
+			"docker.io":                 {"https://mirror-b.example.com", "http://mirror-a.example.com:5000"},
 			"registry.example.com:5000": {"https://mirror-c.example.com"},
 		},
 	}
