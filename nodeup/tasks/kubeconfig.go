@@ -2,26 +2,24 @@ package tasks
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"slices"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/fsroot"
+	"github.com/kopsnode/agents/nodeup/kuberender"
 	"github.com/kopsnode/agents/pkg/pki"
 )
 
 // Kubeconfig writes a kubeconfig with a client certificate issued from a CA
 // in the state store's PKI. It keeps the existing file while its
-// certificate was issued by the current CA for the same user and server and
-// is not due for rotation, so re-runs do not restart the kubelet.
+// certificate was issued by the current CA for the same user, groups and
+// server and is not due for rotation, so re-runs do not restart the kubelet.
+// It reads the CA's key: only control-plane nodes use it.
 type Kubeconfig struct {
 	Path     string
 	Server   string
@@ -42,20 +40,6 @@ type KubeconfigDiff struct{ Path, User, Reason string }
 
 func (d *KubeconfigDiff) Render(w io.Writer) {
 	fmt.Fprintf(w, "issue client certificate CN=%s and write %s (mode 0600; %s)\n", d.User, d.Path, d.Reason)
-}
-
-type kcFile struct {
-	Clusters []struct {
-		Cluster struct {
-			CAData string `yaml:"certificate-authority-data"`
-			Server string `yaml:"server"`
-		} `yaml:"cluster"`
-	} `yaml:"clusters"`
-	Users []struct {
-		User struct {
-			CertData string `yaml:"client-certificate-data"`
-		} `yaml:"user"`
-	} `yaml:"users"`
 }
 
 func (t *Kubeconfig) now() time.Time {
@@ -90,19 +74,22 @@ func (t *Kubeconfig) Find(ctx context.Context, env *engine.Env) (engine.Diff, er
 
 // check returns why the kubeconfig must be replaced, "" when it is good.
 func (t *Kubeconfig) check(ctx context.Context, b []byte) string {
-	var kc kcFile
-	if err := yaml.Unmarshal(b, &kc); err != nil || len(kc.Clusters) != 1 || len(kc.Users) != 1 {
+	kc, err := kuberender.ParseKubeconfig(b)
+	if err != nil {
 		return "unreadable"
 	}
-	if kc.Clusters[0].Cluster.Server != t.Server {
-		return fmt.Sprintf("server %s, want %s", kc.Clusters[0].Cluster.Server, t.Server)
+	if kc.Server != t.Server {
+		return fmt.Sprintf("server %s, want %s", kc.Server, t.Server)
 	}
-	cert, err := decodeCert(kc.Users[0].User.CertData)
+	cert, err := pki.ParseCertPEM(kc.Credentials.ClientCertPEM)
 	if err != nil {
 		return "client certificate unreadable"
 	}
 	if cert.Subject.CommonName != t.User {
 		return fmt.Sprintf("certificate is for %s", cert.Subject.CommonName)
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(cert.Subject.Organization)), slices.Sorted(slices.Values(t.Groups))) {
+		return fmt.Sprintf("certificate groups %v, want %v", cert.Subject.Organization, t.Groups)
 	}
 	if pki.NeedsRotation(cert, t.now(), pki.DefaultRotationFraction) {
 		return "certificate due for rotation"
@@ -121,18 +108,6 @@ func (t *Kubeconfig) check(ctx context.Context, b []byte) string {
 	return ""
 }
 
-func decodeCert(b64 string) (*x509.Certificate, error) {
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(raw)
-	if blk == nil {
-		return nil, errors.New("no PEM block")
-	}
-	return x509.ParseCertificate(blk.Bytes)
-}
-
 func (t *Kubeconfig) Apply(ctx context.Context, env *engine.Env, _ engine.Diff) error {
 	if t.Keystore == nil {
 		return &engine.Permanent{Err: fmt.Errorf("writing %s: no state store keystore to issue the client certificate from", t.Path)}
@@ -145,9 +120,12 @@ func (t *Kubeconfig) Apply(ctx context.Context, env *engine.Env, _ engine.Diff) 
 	if err != nil {
 		return &engine.Permanent{Err: err}
 	}
-	b, err := pki.Kubeconfig(t.Server, ca.Cert(), kp, t.User)
+	b, err := kuberender.Kubeconfig(kuberender.KubeconfigSpec{
+		Server: t.Server, CAPEM: ca.CertPEM(), User: t.User,
+		Credentials: kuberender.Credentials{ClientCertPEM: kp.CertPEM, ClientKeyPEM: []byte(kp.KeyPEM)},
+	})
 	if err != nil {
-		return &engine.Permanent{Err: err}
+		return &engine.Permanent{Err: fmt.Errorf("writing %s: %w", t.Path, err)}
 	}
 	return env.FS.WriteFile(t.Path, b, 0o600, fsroot.RootOwner)
 }

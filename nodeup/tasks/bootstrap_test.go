@@ -1,0 +1,168 @@
+package tasks
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kopsnode/agents/nodeup/engine"
+	"github.com/kopsnode/agents/nodeup/fsroot"
+	"github.com/kopsnode/agents/nodeup/internal/nodeuptest"
+	"github.com/kopsnode/agents/nodeup/kuberender"
+	"github.com/kopsnode/agents/pkg/bootstraptoken"
+	"github.com/kopsnode/agents/pkg/pki"
+)
+
+func TestBootstrapKubeconfigAndCACertWithoutCAKey(t *testing.T) {
+	ctx := context.Background()
+	s, _ := nodeuptest.Store(t)
+	ks, err := pki.NewKeystore(s, "c/pki", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	e, _ := env(t, root)
+	bk := &BootstrapKubeconfig{Path: "/var/lib/kubelet/bootstrap-kubeconfig", Server: "https://api.internal.c", CA: pki.CAKubernetes, Keystore: ks, Store: s, Cluster: "c"}
+	cf := &CACertFile{Path: "/etc/kubernetes/pki/ca.crt", CA: pki.CAKubernetes, Keystore: ks}
+
+	// Empty store: clear errors naming what is missing; no CA is created.
+	if _, err := cf.Find(ctx, e); err == nil || !strings.Contains(err.Error(), "ca.crt") {
+		t.Fatalf("CA cert missing: %v", err)
+	}
+	if _, err := ks.LoadCA(ctx, pki.CAKubernetes); err == nil {
+		t.Fatal("a worker task created a CA")
+	}
+	ca, err := ks.EnsureCA(ctx, pki.CAKubernetes, pki.CAOptions{}) // the control plane
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bk.Find(ctx, e); err == nil || !strings.Contains(err.Error(), bootstraptoken.StoreKey) {
+		t.Fatalf("token missing: %v", err)
+	}
+
+	// The control plane's task creates the token once.
+	bt := &BootstrapToken{Store: s, Cluster: "c"}
+	if d := converge(t, e, bt); d == nil {
+		t.Fatal("no token created")
+	}
+	tok, err := bootstraptoken.Read(ctx, s, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if d := converge(t, e, cf); d == nil {
+		t.Fatal("CA cert not written")
+	}
+	b, _ := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/ca.crt"))
+	if !bytes.Equal(b, ca.CertPEM()) {
+		t.Error("ca.crt is not the CA's certificate")
+	}
+	d := converge(t, e, bk)
+	if d == nil {
+		t.Fatal("bootstrap kubeconfig not written")
+	}
+	var plan strings.Builder
+	d.Render(&plan)
+	if strings.Contains(plan.String(), tok.Secret) {
+		t.Error("the plan shows the token")
+	}
+	p := filepath.Join(root, "var/lib/kubelet/bootstrap-kubeconfig")
+	kb, _ := os.ReadFile(p)
+	kc, err := kuberender.ParseKubeconfig(kb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kc.Credentials.Token != tok.String() || kc.Server != bk.Server || !bytes.Equal(kc.CAPEM, ca.CertPEM()) || len(kc.Credentials.ClientKeyPEM) > 0 {
+		t.Errorf("bootstrap kubeconfig %+v", kc)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+}
+
+// ctrFake answers `ctr images ls -q` with what `ctr images import` imported.
+type ctrFake struct {
+	nodeuptest.Runner
+	images []string
+	names  []string
+}
+
+func (c *ctrFake) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	c.Runner.Run(ctx, name, args...)
+	switch {
+	case slices.Contains(args, "ls"):
+		return []byte(strings.Join(c.images, "\n")), nil
+	case slices.Contains(args, "import"):
+		c.images = append(c.images, c.names...)
+	}
+	return nil, nil
+}
+
+func ociArchive(t *testing.T, index string) []byte {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for name, content := range map[string]string{"oci-layout": `{"imageLayoutVersion":"1.0.0"}`, "index.json": index} {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(content))})
+		tw.Write([]byte(content))
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+func TestImageImportPinnedAndIdempotent(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	e, _ := env(t, root)
+	e.Log = discard()
+	ctr := &ctrFake{names: []string{"registry.k8s.io/pause:3.10.1"}}
+	e.Exec = ctr
+	data := ociArchive(t, `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"io.containerd.image.name":"registry.k8s.io/pause:3.10.1","org.opencontainers.image.ref.name":"3.10.1"}}]}`)
+	a := &Asset{Name: "image-pause", SHA256: nodeuptest.Asset{Data: data}.SHA256()}
+	if err := e.FS.WriteFile(a.CachePath(), data, 0o644, fsroot.RootOwner); err != nil {
+		t.Fatal(err)
+	}
+	im := &ImageImport{Asset: a, Ctr: "/usr/local/bin/ctr", Socket: "/run/containerd/containerd.sock"}
+
+	// Without a live systemd (containerd not running) there is nothing to do.
+	if d, err := im.Find(ctx, e); d != nil || err != nil {
+		t.Fatalf("no systemd: %v %v", d, err)
+	}
+	e.Systemd = nodeuptest.NewSystemd(root)
+	d := converge(t, e, im).(*ImageImportDiff)
+	if !slices.Equal(d.Images, ctr.names) {
+		t.Errorf("images %v", d.Images)
+	}
+	hostArchive := filepath.Join(root, a.CachePath())
+	want := "/usr/local/bin/ctr --address /run/containerd/containerd.sock -n k8s.io images import --label io.cri-containerd.pinned=pinned " + hostArchive
+	if !slices.Contains(ctr.Commands(), want) {
+		t.Errorf("commands %q, want %q", ctr.Commands(), want)
+	}
+	// containerd's store was wiped: imported again.
+	ctr.images = nil
+	if d := converge(t, e, im).(*ImageImportDiff); !strings.Contains(d.Reason, "missing") {
+		t.Errorf("reason %q", d.Reason)
+	}
+	// A dry run runs no command.
+	n := len(ctr.Commands())
+	e.DryRun = true
+	if d, err := im.Find(ctx, e); d != nil || err != nil || len(ctr.Commands()) != n {
+		t.Errorf("dry run: %v %v %v", d, err, ctr.Commands()[n:])
+	}
+	e.DryRun = false
+
+	// An archive that names no image is a clear, permanent error.
+	bad := ociArchive(t, `{"schemaVersion":2,"manifests":[{"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}`)
+	ba := &Asset{Name: "image-bad", SHA256: nodeuptest.Asset{Data: bad}.SHA256()}
+	e.FS.WriteFile(ba.CachePath(), bad, 0o644, fsroot.RootOwner)
+	_, err := (&ImageImport{Asset: ba, Ctr: "ctr", Socket: "/s"}).Find(ctx, e)
+	var perm *engine.Permanent
+	if err == nil || !strings.Contains(err.Error(), "image-bad") || !errors.As(err, &perm) {
+		t.Errorf("bad archive: %v", err)
+	}
+}
