@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/store"
 )
 
@@ -96,27 +97,10 @@ func (s Spec) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("memberCount: %d is not one of 1, 3, 5", s.MemberCount))
 	}
-	if err := ValidateVersion(s.EtcdVersion); err != nil {
+	if err := config.ValidateEtcdVersion(s.EtcdVersion); err != nil {
 		errs = append(errs, fmt.Errorf("etcdVersion: %w", err))
 	}
 	return errors.Join(errs...)
-}
-
-// ValidateVersion checks an etcd version looks like "3.6.16" (major 3).
-func ValidateVersion(v string) error {
-	parts := strings.Split(v, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("%q is not a version like 3.6.16", v)
-	}
-	for _, p := range parts {
-		if p == "" || strings.Trim(p, "0123456789") != "" {
-			return fmt.Errorf("%q is not a version like 3.6.16", v)
-		}
-	}
-	if parts[0] != "3" {
-		return fmt.Errorf("%q: only etcd 3.x is supported", v)
-	}
-	return nil
 }
 
 // Quorum is the number of voting members needed for a majority of n.

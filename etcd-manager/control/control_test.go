@@ -43,8 +43,10 @@ func TestSpecValidate(t *testing.T) {
 		{Spec{MemberCount: 3, EtcdVersion: "3.6.16"}, ""},
 		{Spec{MemberCount: 2, EtcdVersion: "3.6.16"}, "memberCount: 2 is not one of 1, 3, 5"},
 		{Spec{MemberCount: 0, EtcdVersion: "3.6.16"}, "memberCount: 0"},
-		{Spec{MemberCount: 1, EtcdVersion: "latest"}, `etcdVersion: "latest" is not a version`},
-		{Spec{MemberCount: 1, EtcdVersion: "2.3.8"}, "only etcd 3.x"},
+		{Spec{MemberCount: 1, EtcdVersion: "latest"}, `etcdVersion: "latest" is not a valid etcd version`},
+		// The one version rule of pkg/config: supported minor versions only.
+		{Spec{MemberCount: 1, EtcdVersion: "2.3.8"}, `etcdVersion: "2.3.8" is not a supported etcd version`},
+		{Spec{MemberCount: 1, EtcdVersion: "3.4.23"}, `etcdVersion: "3.4.23" is not a supported etcd version`},
 	} {
 		err := tc.spec.Validate()
 		if tc.want == "" {

@@ -19,11 +19,11 @@ import (
 // installed creates nothing and reports the version and the directory.
 func TestUnknownVersionRefused(t *testing.T) {
 	c := newCluster(t, "127.44.10")
-	c.SetSpec(1, "3.9.9")
+	c.SetSpec(1, "3.5.99")
 	in := c.Start(1)
 	c.Eventually(converge, "error naming the version", func() error {
 		st, _ := in.M.Status(context.Background())
-		want := fmt.Sprintf("etcd version 3.9.9 is not installed: %s not found", filepath.Join(c.BinRoot, "v3.9.9", "etcd"))
+		want := fmt.Sprintf("etcd version 3.5.99 is not installed: %s not found", filepath.Join(c.BinRoot, "v3.5.99", "etcd"))
 		if !strings.Contains(st.LastError, want) {
 			return fmt.Errorf("last error %q", st.LastError)
 		}

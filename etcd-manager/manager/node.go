@@ -12,10 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/etcdprocess"
 	"github.com/kopsnode/agents/etcd-manager/identity"
 	"github.com/kopsnode/agents/etcd-manager/peer"
+	"github.com/kopsnode/agents/pkg/config"
 )
 
 // Info implements peer.Node.
@@ -125,7 +125,7 @@ func (m *Manager) Join(ctx context.Context, req peer.JoinRequest) error {
 	if req.ClusterToken == "" || req.InitialCluster == "" || (req.State != "new" && req.State != "existing") {
 		return fmt.Errorf("join: clusterToken, initialCluster and state (new or existing) are required")
 	}
-	if err := control.ValidateVersion(req.EtcdVersion); err != nil {
+	if err := config.ValidateEtcdVersion(req.EtcdVersion); err != nil {
 		return fmt.Errorf("join: etcdVersion: %w", err)
 	}
 	if _, err := etcdprocess.BinaryPath(m.cfg.BinDirRoot, req.EtcdVersion); err != nil {

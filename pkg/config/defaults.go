@@ -109,6 +109,7 @@ func (n *NodeConfig) SetDefaults() {
 		defaultEtcdCluster(&s.EtcdClusters[i])
 	}
 	defaultGossip(s.Gossip)
+	defaultControlPlane(s)
 }
 
 func defaultNetworking(n *NetworkingSpec) {

@@ -44,3 +44,13 @@ func (n NetworkingSpec) serviceIP(offset int) (netip.Addr, error) {
 	}
 	return a, nil
 }
+
+// parseCanonicalCIDR parses a CIDR without host bits; ok is false for
+// anything else (validation reports it where the field is checked).
+func parseCanonicalCIDR(s string) (netip.Prefix, bool) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || p.Masked() != p {
+		return netip.Prefix{}, false
+	}
+	return p, true
+}

@@ -85,6 +85,9 @@ type NodeConfigSpec struct {
 	// EtcdClusters are run on control-plane nodes (copied from the cluster spec).
 	EtcdClusters []EtcdClusterSpec `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
 	Gossip       *GossipSpec       `yaml:"gossip,omitempty" json:"gossip,omitempty"`
+	// ControlPlane configures kube-apiserver, kube-controller-manager and
+	// kube-scheduler; control-plane nodes only (defaulted there).
+	ControlPlane *ControlPlaneSpec `yaml:"controlPlane,omitempty" json:"controlPlane,omitempty"`
 }
 
 // Asset is a file nodeup downloads, pinned by sha256, from one or more mirrors.

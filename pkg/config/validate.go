@@ -139,6 +139,7 @@ func (n *NodeConfig) Validate() error {
 	}
 	ports := v.etcdClusters("spec.etcdClusters", s.EtcdClusters)
 	v.gossip("spec.gossip", s.Gossip, ports)
+	v.controlPlane("spec.controlPlane", s)
 	return v.errs.err()
 }
 
@@ -227,7 +228,6 @@ func (v *validator) claim(ports portUse, path string, p int) {
 func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 	ports := portUse{}
 	names := map[string]int{}
-	supported := strings.Join(SupportedEtcdVersions(), ", ")
 	for i := range list {
 		e := &list[i]
 		p := fmt.Sprintf("%s[%d]", path, i)
@@ -250,13 +250,8 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		default:
 			v.add(p+".members", fmt.Sprintf("%d members is not supported; must be 1, 3 or 5", e.Members))
 		}
-		switch {
-		case e.Version == "":
-			v.add(p+".version", "required: an etcd version such as 3.5.21")
-		case !etcdVersionRE.MatchString(e.Version):
-			v.add(p+".version", fmt.Sprintf("%q is not a valid etcd version (want MAJOR.MINOR.PATCH, for example 3.5.21)", e.Version))
-		case !IsSupportedEtcdVersion(e.Version):
-			v.add(p+".version", fmt.Sprintf("%q is not a supported etcd version (supported: %s)", e.Version, supported))
+		if err := ValidateEtcdVersion(e.Version); err != nil {
+			v.add(p+".version", err.Error())
 		}
 		why := fmt.Sprintf("etcd cluster %q has no default ports (only main and events do)", e.Name)
 		if v.port(p+".peerPort", e.PeerPort, why) {
