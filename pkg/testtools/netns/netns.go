@@ -36,7 +36,12 @@ type Network struct {
 	ID     string
 	Prefix netip.Prefix
 	Hosts  []*Host
-	bridge string // namespace holding the bridge
+	// Gateway is the hosts' default route (Options.Gateway), else invalid.
+	Gateway netip.Addr
+	// HostAddr is the test process's address on the bridge
+	// (Options.HostLink), else invalid.
+	HostAddr netip.Addr
+	bridge   string // namespace holding the bridge
 }
 
 // Host is one namespace on the bridge.
@@ -50,29 +55,81 @@ type Host struct {
 	net  *Network
 }
 
+// Options configure NewWith.
+type Options struct {
+	// Hosts is the number of hosts (1 to 250); they get .1, .2, ...
+	Hosts int
+	// Prefix is the hosts' subnet; zero means DefaultPrefix. Networks whose
+	// tests may run at the same time and use HostLink need their own prefix.
+	Prefix netip.Prefix
+	// Gateway gives the bridge namespace the prefix's last address and makes
+	// it every host's default route. That namespace does not forward, so
+	// traffic to any address outside the network ends there: hosts that
+	// need a default route (kubelet, kube-proxy) get one, and nothing they
+	// send leaves the test's namespaces.
+	Gateway bool
+	// HostLink connects the test process's own (root) namespace to the
+	// bridge with a veth holding the prefix's second-to-last address
+	// (HostAddr), so servers the test runs on the host (MinIO, an asset
+	// mirror) are reachable from the hosts and the test reaches the hosts'
+	// addresses directly. The root namespace gets only that link and its
+	// connected route, both removed in t.Cleanup.
+	HostLink bool
+}
+
 // New creates a network of n hosts with addresses .1, .2, ... of
 // DefaultPrefix. It needs root (testtools.RequireRoot fails the test
 // otherwise) and the ip command.
 func New(t testing.TB, n int) *Network {
 	t.Helper()
+	return NewWith(t, Options{Hosts: n})
+}
+
+// NewWith creates a network as opts say.
+func NewWith(t testing.TB, opts Options) *Network {
+	t.Helper()
 	testtools.RequireRoot(t)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("netns: the ip command (package iproute2) is required: %v", err)
 	}
+	n := opts.Hosts
 	if n < 1 || n > 250 {
 		t.Fatalf("netns: %d hosts; want 1 to 250", n)
+	}
+	prefix := opts.Prefix
+	if !prefix.IsValid() {
+		prefix = DefaultPrefix
 	}
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	nw := &Network{ID: "kn" + hex.EncodeToString(b[:]), Prefix: DefaultPrefix}
+	nw := &Network{ID: "kn" + hex.EncodeToString(b[:]), Prefix: prefix}
 	nw.bridge = nw.ID + "-br"
 	addNS(t, nw.bridge)
 	run(t, "ip", "-n", nw.bridge, "link", "set", "lo", "up")
 	run(t, "ip", "-n", nw.bridge, "link", "add", "br0", "type", "bridge")
 	run(t, "ip", "-n", nw.bridge, "link", "set", "br0", "up")
-	addr := nw.Prefix.Addr()
+	last := lastAddr(prefix)
+	if opts.Gateway {
+		nw.Gateway = last
+		run(t, "ip", "netns", "exec", nw.bridge, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+		run(t, "ip", "-n", nw.bridge, "addr", "add", fmt.Sprintf("%s/%d", last, prefix.Bits()), "dev", "br0")
+	}
+	if opts.HostLink {
+		nw.HostAddr = last.Prev()
+		link := nw.ID + "-h"
+		run(t, "ip", "link", "add", link, "type", "veth", "peer", "name", "host", "netns", nw.bridge)
+		t.Cleanup(func() {
+			// Gone with the bridge namespace already, unless that failed.
+			exec.Command("ip", "link", "del", link).Run()
+		})
+		run(t, "ip", "-n", nw.bridge, "link", "set", "host", "master", "br0")
+		run(t, "ip", "-n", nw.bridge, "link", "set", "host", "up")
+		run(t, "ip", "addr", "add", fmt.Sprintf("%s/%d", nw.HostAddr, prefix.Bits()), "dev", link)
+		run(t, "ip", "link", "set", link, "up")
+	}
+	addr := prefix.Addr()
 	for i := 0; i < n; i++ {
 		addr = addr.Next()
 		h := &Host{NS: fmt.Sprintf("%s-h%d", nw.ID, i), Addr: addr, port: fmt.Sprintf("p%d", i), net: nw}
@@ -81,11 +138,23 @@ func New(t testing.TB, n int) *Network {
 		run(t, "ip", "-n", nw.bridge, "link", "add", h.port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
 		run(t, "ip", "-n", nw.bridge, "link", "set", h.port, "master", "br0")
 		run(t, "ip", "-n", nw.bridge, "link", "set", h.port, "up")
-		run(t, "ip", "-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr, nw.Prefix.Bits()), "dev", "eth0")
+		run(t, "ip", "-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr, prefix.Bits()), "dev", "eth0")
 		run(t, "ip", "-n", h.NS, "link", "set", "eth0", "up")
+		if opts.Gateway {
+			run(t, "ip", "-n", h.NS, "route", "add", "default", "via", last.String())
+		}
 		nw.Hosts = append(nw.Hosts, h)
 	}
 	return nw
+}
+
+// lastAddr is the last usable address of an IPv4 prefix (before broadcast).
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) | host
+	v-- // broadcast
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 // addNS creates a namespace and registers its removal (which also removes

@@ -3,6 +3,9 @@ package netns
 import (
 	"context"
 	"io"
+	"net"
+	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +92,67 @@ func TestCleanupRemovesNamespaces(t *testing.T) {
 		if Exists(n) {
 			t.Errorf("namespace %s left after the test", n)
 		}
+	}
+}
+
+// TestHostLinkAndGateway: the test process reaches a host and a host
+// reaches a server on the test process's address; every host has a default
+// route through the gateway, which forwards nothing.
+func TestHostLinkAndGateway(t *testing.T) {
+	nw := NewWith(t, Options{Hosts: 2, Prefix: netip.MustParsePrefix("10.239.7.0/24"), Gateway: true, HostLink: true})
+	if nw.Gateway.String() != "10.239.7.254" || nw.HostAddr.String() != "10.239.7.253" {
+		t.Fatalf("gateway %s, host address %s", nw.Gateway, nw.HostAddr)
+	}
+	ln, err := net.Listen("tcp", nw.HostAddr.String()+":0")
+	if err != nil {
+		t.Fatalf("listening on the host link: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "hello from the test process\n")
+			c.Close()
+		}
+	}()
+	h := nw.Hosts[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("host dialing the test process: %v", err)
+	}
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if string(got) != "hello from the test process\n" {
+		t.Fatalf("host read %q", got)
+	}
+	// The test process reaches the host's address directly.
+	hl, err := h.Listen("tcp", h.Addr.String()+":7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hl.Close() })
+	go func() {
+		if c, err := hl.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if c, err := d.Dial("tcp", h.Addr.String()+":7001"); err != nil {
+		t.Fatalf("test process dialing host %s: %v", h.Addr, err)
+	} else {
+		c.Close()
+	}
+	out, err := h.Command(ctx, "ip", "route", "show", "default").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "via 10.239.7.254") {
+		t.Fatalf("default route in host: %q, %v", out, err)
+	}
+	fwd, err := exec.Command("ip", "netns", "exec", nw.bridge, "sysctl", "-n", "net.ipv4.ip_forward").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(fwd)) != "0" {
+		t.Fatalf("gateway namespace forwards (ip_forward=%q, %v): traffic could leave the test's namespaces", fwd, err)
 	}
 }
