@@ -1,0 +1,112 @@
+package manifests
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/kopsnode/agents/pkg/logging"
+)
+
+// DefaultStatusAddr is where the daemon serves /healthz, /metrics and
+// /status. (etcd-volumes uses 127.0.0.1:3990, gossip 127.0.0.1:3993.)
+const DefaultStatusAddr = "127.0.0.1:3997"
+
+// DefaultKubeconfig is the admin kubeconfig nodeup writes on control-plane
+// nodes (system:masters), with which the manifests are applied.
+const DefaultKubeconfig = "/etc/kubernetes/admin.conf"
+
+// FieldManager is the server-side apply field manager of every object this
+// package applies.
+const FieldManager = "kopsnode-protokube"
+
+// Config configures the command; flags bind to it.
+type Config struct {
+	// ConfigFile is nodeup's local copy of the node configuration (the
+	// fields the manifests read).
+	ConfigFile string
+	// StoreURL is the state store, from which the bootstrap token is read.
+	StoreURL string
+	// Kubeconfig reaches the API server with rights to apply the objects.
+	Kubeconfig string
+	// Interval is how often every object is applied again.
+	Interval time.Duration
+	// WaitInterval is how often the API server is tried while it does not
+	// answer, and how soon a failed pass is retried.
+	WaitInterval time.Duration
+	// StatusListen serves /healthz, /metrics and /status; empty: none.
+	StatusListen string
+	Log          logging.Options
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Kubeconfig:   DefaultKubeconfig,
+		Interval:     time.Minute,
+		WaitInterval: 2 * time.Second,
+		StatusListen: DefaultStatusAddr,
+	}
+}
+
+// AddFlags binds the flags to c.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "the node configuration copy nodeup writes (cluster name, networking, kubelet clusterDNS/clusterDomain); required")
+	fs.StringVar(&c.StoreURL, "store", c.StoreURL, "state store URL (file://, s3://, gs://) holding the cluster's node bootstrap token; required")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig with rights to apply the system manifests")
+	fs.DurationVar(&c.Interval, "interval", c.Interval, "how often every object is applied again (restoring objects changed by hand)")
+	fs.DurationVar(&c.WaitInterval, "wait-interval", c.WaitInterval, "how often the API server is tried while it does not answer, and a failed pass retried")
+	fs.StringVar(&c.StatusListen, "status-listen", c.StatusListen, "address serving /healthz, /metrics and /status (empty: none)")
+	c.Log.AddFlags(fs)
+}
+
+// Args returns the flags that reproduce c (the inverse of AddFlags, without
+// the logging flags at their defaults): how nodeup renders the unit.
+func (c Config) Args() []string {
+	d := DefaultConfig()
+	args := []string{"--config=" + c.ConfigFile, "--store=" + c.StoreURL}
+	if c.Kubeconfig != d.Kubeconfig {
+		args = append(args, "--kubeconfig="+c.Kubeconfig)
+	}
+	if c.Interval != d.Interval {
+		args = append(args, "--interval="+c.Interval.String())
+	}
+	if c.WaitInterval != d.WaitInterval {
+		args = append(args, "--wait-interval="+c.WaitInterval.String())
+	}
+	if c.StatusListen != d.StatusListen {
+		args = append(args, "--status-listen="+c.StatusListen)
+	}
+	if c.Log.Format != "" && c.Log.Format != "text" {
+		args = append(args, "--log-format="+c.Log.Format)
+	}
+	if c.Log.Level != "" && c.Log.Level != "info" {
+		args = append(args, "--log-level="+c.Log.Level)
+	}
+	return args
+}
+
+// Validate reports every problem, naming the flag.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ConfigFile == "" {
+		errs = append(errs, errors.New("--config: required"))
+	}
+	if c.StoreURL == "" {
+		errs = append(errs, errors.New("--store: required"))
+	}
+	if c.Kubeconfig == "" {
+		errs = append(errs, errors.New("--kubeconfig: required"))
+	}
+	if c.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("--interval: %s is not positive", c.Interval))
+	}
+	if c.WaitInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--wait-interval: %s is not positive", c.WaitInterval))
+	}
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
