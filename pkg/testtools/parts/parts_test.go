@@ -176,3 +176,25 @@ func TestScanWriteRead(t *testing.T) {
 		t.Errorf("corrupt manifest: %v, want an error naming the file", err)
 	}
 }
+
+// TestScriptNoEarlyExitPipes: under `set -o pipefail` a pipe into a reader
+// that exits early (head, grep -q) fails with SIGPIPE (exit 141) depending on
+// timing; a cold CI run died of it once. The script must have none.
+func TestScriptNoEarlyExitPipes(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "tools", "build-test-tools.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "\nset -euo pipefail\n") {
+		t.Error("tools/build-test-tools.sh does not set -euo pipefail")
+	}
+	bad := regexp.MustCompile(`\|\s*(head|grep -[a-zA-Z]*[qm]|sed -n [^|]*q|awk [^|]*exit)`)
+	for i, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		if m := bad.FindString(line); m != "" {
+			t.Errorf("tools/build-test-tools.sh:%d: %q pipes into a reader that may exit early", i+1, m)
+		}
+	}
+}
