@@ -53,38 +53,96 @@ const buildTimeout = 15 * time.Minute
 // top of it.
 func BaseTree(t testing.TB) string {
 	t.Helper()
+	return flavorTree(t, baseFlavor)
+}
+
+// NodeTree is BaseTree plus what a Kubernetes node's image carries
+// (iptables, conntrack, mount and filesystem tools, socat) and cloud-init
+// set to read its userdata from the NoCloud seed directory, as a node
+// launched with userdata would.
+func NodeTree(t testing.TB) string {
+	t.Helper()
+	return flavorTree(t, nodeFlavor)
+}
+
+// treeFlavor is one kind of cached tree.
+type treeFlavor struct {
+	packages  []string
+	customize func(dir string) error
+}
+
+var (
+	baseFlavor = treeFlavor{packages: basePackages}
+	nodeFlavor = treeFlavor{
+		packages: append(append([]string(nil), basePackages...),
+			"cloud-init", "conntrack", "e2fsprogs", "ethtool", "iptables", "kmod", "mount", "socat", "util-linux"),
+		customize: customizeNodeTree,
+	}
+)
+
+// NoCloudSeedDir is where cloud-init's NoCloud datasource reads meta-data
+// and user-data in a NodeTree machine.
+const NoCloudSeedDir = "/var/lib/cloud/seed/nocloud"
+
+func customizeNodeTree(dir string) error {
+	cfg := filepath.Join(dir, "etc/cloud/cloud.cfg.d/90-kopsnode-e2e.cfg")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
+		return err
+	}
+	// Only the seed directory: no network datasource is probed.
+	return os.WriteFile(cfg, []byte("datasource_list: [ NoCloud, None ]\n"), 0o644)
+}
+
+func flavorTree(t testing.TB, f treeFlavor) string {
+	t.Helper()
 	testtools.RequireRoot(t)
 	// Waiting for another builder counts against the same bound.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*buildTimeout)
 	defer cancel()
-	dir, err := ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), baseKey(), buildBaseTree, t.Logf)
+	build := func(ctx context.Context, dir string, logf func(string, ...any)) error {
+		return buildTree(ctx, dir, f, logf)
+	}
+	dir, err := ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), treeKey(f.packages), build, t.Logf)
 	if err != nil {
 		t.Fatalf("base tree: %v", err)
 	}
 	return dir
 }
 
-// baseKey names the cached tree by what goes into it.
-func baseKey() string {
-	pkgs := append([]string(nil), basePackages...)
+// baseKey names the base tree by what goes into it.
+func baseKey() string { return treeKey(basePackages) }
+
+// treeKey names a cached tree by what goes into it.
+func treeKey(packages []string) string {
+	pkgs := append([]string(nil), packages...)
 	sort.Strings(pkgs)
 	h := sha256.Sum256([]byte(strings.Join([]string{Suite, "minbase", treeFormat, strings.Join(pkgs, ",")}, "\n")))
 	return Suite + "-" + hex.EncodeToString(h[:])[:12]
 }
 
-// buildBaseTree runs debootstrap into dir and prepares the result for
-// booting many copies.
+// buildBaseTree builds the base flavor.
 func buildBaseTree(ctx context.Context, dir string, logf func(string, ...any)) error {
+	return buildTree(ctx, dir, baseFlavor, logf)
+}
+
+// buildTree runs debootstrap into dir and prepares the result for
+// booting many copies.
+func buildTree(ctx context.Context, dir string, f treeFlavor, logf func(string, ...any)) error {
 	mirror := os.Getenv(MirrorEnv)
 	if mirror == "" {
 		mirror = hostMirror(Suite)
 	}
-	logf("building base tree with debootstrap (mirror %q), this takes a minute or two once", mirror)
-	if err := debootstrap(ctx, dir, mirror); err != nil {
+	logf("building a tree of %d packages with debootstrap (mirror %q), this takes a minute or two once", len(f.packages), mirror)
+	if err := debootstrap(ctx, dir, mirror, f.packages); err != nil {
 		return err
 	}
 	if err := customizeTree(dir); err != nil {
 		return fmt.Errorf("customizing %s: %w", dir, err)
+	}
+	if f.customize != nil {
+		if err := f.customize(dir); err != nil {
+			return fmt.Errorf("customizing %s: %w", dir, err)
+		}
 	}
 	return nil
 }
@@ -175,13 +233,13 @@ func removeStaleTemps(cacheDir, key string, logf func(string, ...any)) {
 	}
 }
 
-func debootstrap(ctx context.Context, dir, mirror string) error {
+func debootstrap(ctx context.Context, dir, mirror string, packages []string) error {
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return fmt.Errorf("debootstrap not found: install the Debian package debootstrap (apt-get install debootstrap systemd-container dbus)")
 	}
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	args := []string{"--variant=minbase", "--include=" + strings.Join(basePackages, ","), Suite, dir}
+	args := []string{"--variant=minbase", "--include=" + strings.Join(packages, ","), Suite, dir}
 	if mirror != "" {
 		args = append(args, mirror)
 	}

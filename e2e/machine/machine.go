@@ -73,6 +73,19 @@ type Options struct {
 	// a loopback interface. Listen opens sockets inside it. Without it the
 	// machine shares the host's network namespace.
 	PrivateNetwork bool
+	// Tree is the read-only tree the machine boots on (an overlay is
+	// mounted over it); defaults to BaseTree. NodeTree is the other one.
+	Tree string
+	// NetNSPath joins an existing network namespace (for example a host of
+	// a pkg/testtools/netns network) instead; the machine does not remove
+	// it. Exclusive with PrivateNetwork.
+	NetNSPath string
+	// Env is added to systemd-nspawn's environment, for example
+	// SYSTEMD_NSPAWN_API_VFS_WRITABLE=network.
+	Env []string
+	// Devices are host block devices (loop devices) the machine may use,
+	// bound at Target (default: the same path).
+	Devices []Bind
 	// BootTimeout bounds the wait for systemd to finish booting.
 	BootTimeout time.Duration
 	// ExtraArgs are passed to systemd-nspawn before --boot.
@@ -111,7 +124,10 @@ type Machine struct {
 // the test when the machine does not come up.
 func Boot(t testing.TB, opts Options) *Machine {
 	t.Helper()
-	base := BaseTree(t)
+	base := opts.Tree
+	if base == "" {
+		base = BaseTree(t)
+	}
 	if err := ensureHostDBus(t.Logf); err != nil {
 		t.Fatalf("host D-Bus for systemd-nspawn: %v", err)
 	}
@@ -255,10 +271,16 @@ func (m *Machine) prepare(base string, opts Options) error {
 			return fmt.Errorf("before boot: %w", err)
 		}
 	}
+	if opts.PrivateNetwork && opts.NetNSPath != "" {
+		return fmt.Errorf("PrivateNetwork and NetNSPath are exclusive")
+	}
 	if opts.PrivateNetwork {
 		if err := m.makeNetNS(); err != nil {
 			return err
 		}
+	}
+	if opts.NetNSPath != "" {
+		m.netns = opts.NetNSPath
 	}
 	return m.makeCgroups()
 }
@@ -391,13 +413,20 @@ func (m *Machine) start(opts Options) error {
 		}
 		args = append(args, flag+spec)
 	}
+	for _, d := range opts.Devices {
+		spec := d.Source
+		if d.Target != "" && d.Target != d.Source {
+			spec += ":" + d.Target
+		}
+		args = append(args, "--bind="+spec, "--property=DeviceAllow="+d.Source+" rwm")
+	}
 	args = append(args, opts.ExtraArgs...)
 	args = append(args, "--boot")
 	// The shell moves itself into the machine's cgroups and then becomes
 	// systemd-nspawn, keeping its pid.
 	script := `for c in $KN_CGROUPS; do echo $$ > "$c/cgroup.procs" || exit 97; done; unset KN_CGROUPS; exec systemd-nspawn "$@"`
 	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "sh"}, args...)...)
-	cmd.Env = append(os.Environ(), "KN_CGROUPS="+strings.Join(m.cgroups, " "), "SYSTEMD_LOG_COLOR=0")
+	cmd.Env = append(append(os.Environ(), "KN_CGROUPS="+strings.Join(m.cgroups, " "), "SYSTEMD_LOG_COLOR=0"), opts.Env...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	// If the test binary dies without cleaning up, nspawn is told to end

@@ -31,6 +31,10 @@ type MinIOOptions struct {
 	Versioning bool
 	// ReadyTimeout bounds the wait for /minio/health/ready; 0 means 60s.
 	ReadyTimeout time.Duration
+	// IP is the address the S3 API listens on; default 127.0.0.1. A test
+	// whose machines reach MinIO over a test network gives the test
+	// process's address on it (netns.Network.HostAddr).
+	IP string
 }
 
 // MinIO is a real MinIO server started by a test on 127.0.0.1 with a
@@ -89,7 +93,7 @@ func StartMinIO(t testing.TB, opts MinIOOptions) *MinIO {
 	// bind; try a few ports before giving up.
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		m.addr = freeAddr(t)
+		m.addr = freeAddrOn(t, opts.IP)
 		m.consoleAddr = freeAddr(t)
 		m.Endpoint = "http://" + m.addr
 		if lastErr = m.start(); lastErr == nil {
@@ -289,12 +293,22 @@ func waitReady(url string, timeout time.Duration, exited <-chan struct{}) error 
 // freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return freeAddrOn(t, "")
+}
+
+// freeAddrOn returns ip:port with a port that was free a moment ago; ip
+// defaults to 127.0.0.1.
+func freeAddrOn(t testing.TB, ip string) string {
+	t.Helper()
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+		t.Fatalf("finding a free port on %s: %v", ip, err)
 	}
 	defer l.Close()
-	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	return net.JoinHostPort(ip, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 }
 
 func randomHex(t testing.TB, n int) string {
