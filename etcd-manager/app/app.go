@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/manager"
 	"github.com/kopsnode/agents/pkg/cli"
@@ -43,6 +44,8 @@ func DefaultMetricsAddr(etcdCluster string) string {
 
 type runFlags struct {
 	cfg         manager.Config
+	seedMembers int
+	seedVersion string
 	store       string
 	discovery   string
 	peers       string
@@ -67,6 +70,9 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&f.cfg.AdvertiseNames, "advertise-names", false, "advertise etcd URLs by member name instead of address (needs DNS or --hosts-file)")
 	fs.StringVar(&f.cfg.HostsFile, "hosts-file", "", "keep the members' names in a managed block of this hosts file (for example /etc/hosts)")
 	fs.StringVar(&f.cfg.APIServerClientCertDir, "apiserver-client-cert-dir", "", "keep kube-apiserver's etcd client certificate in this directory: etcd-client.crt, etcd-client.key, etcd-ca.crt (default: none)")
+	fs.StringVar(&f.cfg.LocalClientAddress, "local-client-address", d.LocalClientAddress, "etcd also serves clients on this address at the client port, for the local kube-apiserver (empty: only --address)")
+	fs.IntVar(&f.seedMembers, "seed-members", 0, "member count written as the cluster spec when the store has none (with --seed-etcd-version; never overwrites a spec)")
+	fs.StringVar(&f.seedVersion, "seed-etcd-version", "", "etcd version written as the cluster spec when the store has none (with --seed-members)")
 	fs.StringVar(&f.extraSANs, "extra-sans", "", "comma-separated extra IP addresses or names for this instance's certificates")
 	fs.StringVar(&f.store, "store", "", "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix); required")
 	fs.StringVar(&f.discovery, "discovery", "store", "peer discovery: store (registry in the state store) or static")
@@ -78,6 +84,22 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "listen address of /healthz, /metrics and /status (default 127.0.0.1:3991 main, 127.0.0.1:3992 events)")
 	f.log.AddFlags(fs)
+}
+
+// seedSpec builds the seed spec from --seed-members and
+// --seed-etcd-version: both or neither.
+func seedSpec(members int, version string) (*control.Spec, error) {
+	switch {
+	case members == 0 && version == "":
+		return nil, nil
+	case members == 0 || version == "":
+		return nil, errors.New("--seed-members and --seed-etcd-version go together")
+	}
+	s := &control.Spec{MemberCount: members, EtcdVersion: version}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("--seed-members, --seed-etcd-version: %w", err)
+	}
+	return s, nil
 }
 
 // ParsePeers parses "id=host:port,...".
@@ -137,6 +159,11 @@ func runCommand() *cli.Command {
 			if f.extraSANs != "" {
 				cfg.ExtraSANs = strings.Split(f.extraSANs, ",")
 			}
+			seed, err := seedSpec(f.seedMembers, f.seedVersion)
+			if err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			cfg.Seed = seed
 			if f.store == "" {
 				return fmt.Errorf("--store is required: %w", cli.ErrUsage)
 			}

@@ -155,6 +155,23 @@ func WriteSpec(ctx context.Context, st store.Store, l Layout, s Spec) error {
 	return nil
 }
 
+// SeedSpec writes s as the desired spec only when the control area has
+// none (create-if-absent); it never overwrites a spec, so a spec changed
+// with etcd-manager-ctl stays. created says whether this call wrote it.
+func SeedSpec(ctx context.Context, st store.Store, l Layout, s Spec) (created bool, err error) {
+	if err := s.Validate(); err != nil {
+		return false, err
+	}
+	_, err = writeJSON(ctx, st, l.SpecKey(), s, store.Condition{IfAbsent: true})
+	switch {
+	case errors.Is(err, store.ErrPrecondition):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("seeding etcd cluster spec: %w", err)
+	}
+	return true, nil
+}
+
 // Member is one member of the initial cluster.
 type Member struct {
 	Name     string   `json:"name"`

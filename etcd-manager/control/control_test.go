@@ -152,3 +152,26 @@ func TestCommandsClaimedOnce(t *testing.T) {
 		t.Fatalf("PendingCommands after claim = %+v, %v", cmds, err)
 	}
 }
+
+func TestSeedSpecCreateIfAbsent(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	l := Layout{Cluster: "c", EtcdCluster: "main"}
+	created, err := SeedSpec(ctx, st, l, Spec{MemberCount: 3, EtcdVersion: "3.6.16"})
+	if err != nil || !created {
+		t.Fatalf("first seed: created %t, %v", created, err)
+	}
+	if err := WriteSpec(ctx, st, l, Spec{MemberCount: 5, EtcdVersion: "3.6.16"}); err != nil {
+		t.Fatal(err)
+	}
+	created, err = SeedSpec(ctx, st, l, Spec{MemberCount: 1, EtcdVersion: "3.5.21"})
+	if err != nil || created {
+		t.Fatalf("second seed: created %t, %v", created, err)
+	}
+	if s, err := ReadSpec(ctx, st, l); err != nil || s.MemberCount != 5 {
+		t.Fatalf("spec = %+v, %v; want the operator's 5 members", s, err)
+	}
+	if _, err := SeedSpec(ctx, st, Layout{Cluster: "c", EtcdCluster: "events"}, Spec{MemberCount: 1, EtcdVersion: "3.4.1"}); err == nil {
+		t.Fatal("an unsupported version was seeded")
+	}
+}

@@ -204,6 +204,9 @@ func (c *Cluster) Config(id, ip string) manager.Config {
 	cfg.DeadMemberThreshold = c.opts.DeadMemberThreshold
 	cfg.EtcdLogLevel = "warn"
 	cfg.ExtraSANs = []string{"127.0.0.1"}
+	// Every instance shares the client port on its own address; a test
+	// that wants etcd on 127.0.0.1 too sets it for one instance (Mutate).
+	cfg.LocalClientAddress = ""
 	cfg.Logger = c.logger
 	if c.opts.Mutate != nil {
 		c.opts.Mutate(&cfg)

@@ -54,6 +54,15 @@ type Config struct {
 	ExtraSANs []string
 	// HostsFile, when set, gets a managed block with every peer's name.
 	HostsFile string
+	// LocalClientAddress, when set and not Address itself, is a second
+	// address etcd serves clients on, at ClientPort: 127.0.0.1 in
+	// production, where the local kube-apiserver connects (etcd's serving
+	// certificate names 127.0.0.1). It is not advertised.
+	LocalClientAddress string
+	// Seed, when set, is written as the control spec when the store has
+	// none (create-if-absent, never overwriting): the node configuration's
+	// member count and version. etcd-manager-ctl changes the spec after.
+	Seed *control.Spec
 	// APIServerClientCertDir, when set, receives the client certificate
 	// kube-apiserver uses to talk to etcd: etcd-client.crt, etcd-client.key
 	// (mode 0600) and etcd-ca.crt (the CA of etcd's serving certificates).
@@ -112,6 +121,7 @@ func DefaultConfig(clusterName, etcdCluster string) Config {
 		CertValidity:        365 * 24 * time.Hour,
 		RenewBefore:         60 * 24 * time.Hour,
 		EtcdLogLevel:        "info",
+		LocalClientAddress:  "127.0.0.1",
 	}
 	if etcdCluster == "events" {
 		c.PeerPort, c.ClientPort, c.ManagerPort = 2381, 4002, 3995
@@ -145,6 +155,14 @@ func (c Config) Validate() error {
 	}{{"peerPort", c.PeerPort}, {"clientPort", c.ClientPort}, {"managerPort", c.ManagerPort}} {
 		if p.v <= 0 || p.v > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d is not a port", p.name, p.v))
+		}
+	}
+	if c.LocalClientAddress != "" && net.ParseIP(c.LocalClientAddress) == nil {
+		errs = append(errs, fmt.Errorf("localClientAddress: %q is not an IP address", c.LocalClientAddress))
+	}
+	if c.Seed != nil {
+		if err := c.Seed.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("seed: %w", err))
 		}
 	}
 	if c.APIServerClientCertDir != "" && !filepath.IsAbs(c.APIServerClientCertDir) {

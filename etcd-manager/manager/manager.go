@@ -220,6 +220,16 @@ func (m *Manager) listenURL(port int) string {
 	return (&url.URL{Scheme: "https", Host: net.JoinHostPort(m.cfg.Address, strconv.Itoa(port))}).String()
 }
 
+// listenClientURLs are where etcd serves clients: the node's address and,
+// for the local API server, LocalClientAddress.
+func (m *Manager) listenClientURLs() []string {
+	urls := []string{m.listenURL(m.cfg.ClientPort)}
+	if a := m.cfg.LocalClientAddress; a != "" && !net.ParseIP(a).Equal(net.ParseIP(m.cfg.Address)) {
+		urls = append(urls, (&url.URL{Scheme: "https", Host: net.JoinHostPort(a, strconv.Itoa(m.cfg.ClientPort))}).String())
+	}
+	return urls
+}
+
 func (m *Manager) etcdDataDir() string { return filepath.Join(m.cfg.DataDir, "etcd") }
 
 // dataDirEmpty reports whether no etcd member data is on disk.

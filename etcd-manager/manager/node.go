@@ -240,7 +240,7 @@ func (m *Manager) startEtcdLocked() error {
 		DataDir:             m.etcdDataDir(),
 		ListenPeerURLs:      []string{m.listenURL(m.cfg.PeerPort)},
 		AdvertisePeerURLs:   []string{m.peerURL()},
-		ListenClientURLs:    []string{m.listenURL(m.cfg.ClientPort)},
+		ListenClientURLs:    m.listenClientURLs(),
 		AdvertiseClientURLs: []string{m.clientURL()},
 		InitialCluster:      st.InitialCluster,
 		InitialClusterState: st.InitialClusterState,

@@ -50,6 +50,9 @@ func (m *Manager) tick(ctx context.Context) error {
 	m.ensureAPIServerCert()
 
 	spec, specErr := control.ReadSpec(ctx, m.cfg.Store, m.layout)
+	if errors.Is(specErr, control.ErrNoSpec) && m.cfg.Seed != nil {
+		spec, specErr = m.seedSpec(ctx)
+	}
 	m.mu.Lock()
 	m.status.Peers = sortedInfos(infos)
 	m.status.Spec = nil
@@ -106,6 +109,20 @@ func (m *Manager) tick(ctx context.Context) error {
 	}
 	m.markReconciled()
 	return nil
+}
+
+// seedSpec writes the configured seed as the control spec when the store
+// has none, and returns the spec the store then holds (another instance
+// may have seeded first, or an operator written one meanwhile).
+func (m *Manager) seedSpec(ctx context.Context) (control.Spec, error) {
+	created, err := control.SeedSpec(ctx, m.cfg.Store, m.layout, *m.cfg.Seed)
+	if err != nil {
+		return control.Spec{}, err
+	}
+	if created {
+		m.logger.Info("seeded the etcd cluster spec from the configuration", "members", m.cfg.Seed.MemberCount, "version", m.cfg.Seed.EtcdVersion)
+	}
+	return control.ReadSpec(ctx, m.cfg.Store, m.layout)
 }
 
 func (m *Manager) stepDown(ctx context.Context, why string) {
