@@ -75,7 +75,7 @@ var (
 	baseFlavor = treeFlavor{packages: basePackages}
 	nodeFlavor = treeFlavor{
 		packages: append(append([]string(nil), basePackages...),
-			"cloud-init", "conntrack", "e2fsprogs", "ethtool", "iptables", "kmod", "mount", "socat", "util-linux"),
+			"cloud-init", "conntrack", "python3-cffi-backend", "e2fsprogs", "ethtool", "iptables", "kmod", "mount", "socat", "util-linux"),
 		customize: customizeNodeTree,
 	}
 )
