@@ -38,6 +38,9 @@ func newFixture(t *testing.T, role string) *fixture {
 	f.store, f.url = nodeuptest.Store(t)
 	f.cfg = nodeuptest.NodeConfig("test.k8s.local", "g1", role, f.assets, f.srv.URL)
 	nodeuptest.Put(t, f.store, ConfigKey("test.k8s.local", "g1"), f.cfg)
+	// Workers join a cluster whose control plane published the kubernetes
+	// CA's certificate and the bootstrap token.
+	nodeuptest.SeedControlPlane(t, f.store, "test.k8s.local")
 	return f
 }
 

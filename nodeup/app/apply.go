@@ -146,7 +146,7 @@ func apply(ctx context.Context, o Options, f *fsroot.FS, st *Status) error {
 		host = hostname(f)
 	}
 	g, err := model.Build(&model.Input{
-		Config: cfg, StoreURL: o.Store, Group: o.Group, Hostname: host, Keystore: ks,
+		Config: cfg, StoreURL: o.Store, Group: o.Group, Hostname: host, Keystore: ks, Store: s, Cluster: o.Cluster,
 		Now: o.Now, AssetDeadline: o.Engine.TaskTimeout,
 	})
 	if err != nil {
@@ -161,6 +161,17 @@ func run(ctx context.Context, o Options, f *fsroot.FS, g *engine.Graph, st *Stat
 	sstate, err := state.Load(f)
 	if err != nil {
 		o.Log.Warn("state file unreadable; starting from an empty state", "error", err)
+	}
+	if !o.DryRun {
+		// Before any task writes: an interrupted earlier run may have left
+		// temporaries beside the files this run manages.
+		removed, err := f.RemoveStaleTemps(model.ManagedPaths(g)...)
+		if len(removed) > 0 {
+			o.Log.Info("removed stale temporary files of an interrupted run", "paths", removed)
+		}
+		if err != nil {
+			o.Log.Warn("removing stale temporary files", "error", err)
+		}
 	}
 	env := &engine.Env{FS: f, State: sstate, Log: o.Log, HTTP: o.HTTP, Exec: o.Exec, AttemptTimeout: o.AttemptTimeout}
 	if env.HTTP == nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/pki"
+	"github.com/kopsnode/agents/pkg/store"
 	units "github.com/kopsnode/agents/systemd-units"
 )
 
@@ -33,11 +34,22 @@ type Input struct {
 	// Keystore issues the kubelet's client certificate; nil makes the
 	// kubeconfig task fail with a clear error when it has to issue one.
 	Keystore *pki.Keystore
+	// Store is the state store, for the node bootstrap token; Cluster
+	// names the cluster in it (default: spec.clusterName).
+	Store   store.Store
+	Cluster string
 	// BootConfig is the boot configuration path nodeup.service reads.
 	BootConfig string
 	Now        func() time.Time
 	// AssetDeadline bounds every asset's download attempts (0: engine default).
 	AssetDeadline time.Duration
+}
+
+func (in *Input) cluster() string {
+	if in.Cluster != "" {
+		return in.Cluster
+	}
+	return in.Config.Spec.ClusterName
 }
 
 // Builder produces the tasks of one concern.
@@ -53,6 +65,8 @@ func Builders() []Builder {
 		kernelBuilder{},
 		containerdBuilder{},
 		kubeletBuilder{},
+		kubeProxyBuilder{},
+		imagesBuilder{},
 		cniBuilder{},
 		protokubeBuilder{},
 		etcdManagerBuilder{},
@@ -111,6 +125,10 @@ func Outputs(t engine.Task) []string {
 		return []string{t.Path}
 	case *tasks.Kubeconfig:
 		return []string{t.Path}
+	case *tasks.BootstrapKubeconfig:
+		return []string{t.Path}
+	case *tasks.CACertFile:
+		return []string{t.Path}
 	case *tasks.Sysctl:
 		return []string{t.Path}
 	case *tasks.KernelModules:
@@ -131,6 +149,27 @@ func Outputs(t engine.Task) []string {
 		return []string{"packages"}
 	}
 	return []string{t.ID()}
+}
+
+// ManagedPaths returns the absolute paths the graph's tasks write (files,
+// binaries, units, enable links), sorted: the paths whose stale temporaries
+// a run removes before it writes.
+func ManagedPaths(g *engine.Graph) []string {
+	seen := map[string]bool{}
+	for _, id := range g.IDs() {
+		t, _ := g.Get(id)
+		for _, o := range Outputs(t) {
+			if p, _, _ := strings.Cut(o, "#"); strings.HasPrefix(p, "/") {
+				seen[p] = true
+			}
+		}
+		if a, ok := t.(*tasks.Asset); ok {
+			// The download, and the directory an archive is extracted to.
+			seen[path.Join(tasks.CacheDir, a.SHA256)] = true
+			seen[a.CachePath()] = true
+		}
+	}
+	return sortedKeys(seen)
 }
 
 // Build runs every builder and returns the validated graph.

@@ -45,6 +45,14 @@ func Describe(w io.Writer, g *engine.Graph) {
 			}
 		case *tasks.Kubeconfig:
 			fmt.Fprintf(w, "server %s user %s groups %v ca %s\n", t.Server, t.User, t.Groups, t.CA)
+		case *tasks.BootstrapKubeconfig:
+			fmt.Fprintf(w, "server %s bootstrap token of cluster %s ca %s (public certificate)\n", t.Server, t.Cluster, t.CA)
+		case *tasks.CACertFile:
+			fmt.Fprintf(w, "public certificate of ca %s\n", t.CA)
+		case *tasks.BootstrapToken:
+			fmt.Fprintf(w, "bootstrap token of cluster %s (create if absent)\n", t.Cluster)
+		case *tasks.ImageImport:
+			fmt.Fprintf(w, "import asset %s with %s into containerd at %s\n", t.Asset.Name, t.Ctr, t.Socket)
 		case *tasks.Packages:
 			fmt.Fprintf(w, "packages: %s\n", strings.Join(t.Names, " "))
 		}

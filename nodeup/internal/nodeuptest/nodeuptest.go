@@ -122,7 +122,7 @@ func NodeConfig(cluster, group, role string, assets []Asset, bases ...string) st
 			b.WriteString("      extract: true\n")
 		}
 	}
-	b.WriteString("  kubelet:\n    apiServer: https://127.0.0.1\n  networking:\n    mode: kubenet\n    podCIDR: 100.96.1.0/24\n")
+	b.WriteString("  kubelet:\n    apiServer: https://127.0.0.1\n  networking:\n    mode: kubenet\n    podCIDR: 100.96.0.0/16\n")
 	if role == "control-plane" {
 		b.WriteString("  etcdClusters:\n    - name: main\n      members: 1\n      version: 3.6.16\n    - name: events\n      members: 1\n      version: 3.6.16\n")
 		b.WriteString("  gossip:\n    seeds: store\n")
