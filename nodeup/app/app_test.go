@@ -85,14 +85,15 @@ func TestApplyConvergesAndRerunChangesNothing(t *testing.T) {
 	}
 	calls := f.systemd.Calls()
 	started := nodeuptest.Changing(calls, "start")
-	want := []string{"containerd.service", "kubelet.service", "protokube-etcd-volumes.service", "protokube.service"}
+	want := []string{"containerd.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service", "kubelet.service", "protokube-etcd-volumes.service", "protokube.service"}
 	if strings.Join(started, ",") != strings.Join(want, ",") {
 		t.Fatalf("started %v, want %v", started, want)
 	}
 	if r := nodeuptest.Changing(calls, "restart"); len(r) != 0 {
 		t.Fatalf("first run restarted %v", r)
 	}
-	for _, p := range []string{"/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/usr/local/sbin/runc", "/opt/cni/bin/bridge", "/etc/containerd/config.toml", "/var/lib/kubelet/kubeconfig", "/etc/systemd/system/kubelet.service", "/etc/systemd/system/multi-user.target.wants/kubelet.service", "/etc/sysctl.d/99-kubernetes.conf"} {
+	for _, p := range []string{"/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/usr/local/sbin/runc", "/opt/cni/bin/bridge", "/etc/containerd/config.toml", "/var/lib/kubelet/kubeconfig", "/etc/systemd/system/kubelet.service", "/etc/systemd/system/multi-user.target.wants/kubelet.service", "/etc/sysctl.d/99-kubernetes.conf",
+		"/etc/kubernetes/admin.conf", "/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/sa.key", "/opt/etcd/v3.6.16/etcd", "/usr/local/bin/kube-apiserver"} {
 		if _, err := os.Lstat(filepath.Join(f.root, p)); err != nil {
 			t.Errorf("missing %s: %v", p, err)
 		}

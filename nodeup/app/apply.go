@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/state"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/nodeaddr"
 	"github.com/kopsnode/agents/pkg/pki"
 	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/version"
@@ -48,7 +50,10 @@ type Options struct {
 	// Hostname overrides the node name (default: <root>/etc/hostname, then
 	// the kernel's).
 	Hostname string
-	Engine   engine.Options
+	// NodeAddress overrides the node's primary address (default: the
+	// default route's source address); control-plane nodes need it.
+	NodeAddress netip.Addr
+	Engine      engine.Options
 	// StoreTimeout bounds the retries of reading the configuration (default 5m).
 	StoreTimeout time.Duration
 	// AttemptTimeout bounds one asset download attempt (default 2m).
@@ -145,14 +150,35 @@ func apply(ctx context.Context, o Options, f *fsroot.FS, st *Status) error {
 	if host == "" {
 		host = hostname(f)
 	}
+	addr, err := nodeAddress(o, cfg)
+	if err != nil {
+		return err
+	}
 	g, err := model.Build(&model.Input{
 		Config: cfg, StoreURL: o.Store, Group: o.Group, Hostname: host, Keystore: ks, Store: s, Cluster: o.Cluster,
-		Now: o.Now, AssetDeadline: o.Engine.TaskTimeout,
+		Now: o.Now, AssetDeadline: o.Engine.TaskTimeout, NodeAddress: addr,
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", url, err)
 	}
 	return run(ctx, o, f, g, st)
+}
+
+// nodeAddress is the address the control plane advertises: the option, or
+// the default route's source address. Workers do not need one.
+func nodeAddress(o Options, cfg *config.NodeConfig) (netip.Addr, error) {
+	if o.NodeAddress.IsValid() || cfg.Spec.Role != config.RoleControlPlane {
+		return o.NodeAddress, nil
+	}
+	ip, err := nodeaddr.Primary()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("finding the node address the API server advertises: %w", err)
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("finding the node address the API server advertises: %v is not an IP address", ip)
+	}
+	return a.Unmap(), nil
 }
 
 // run executes the graph phase by phase; exported through RunGraph for

@@ -159,13 +159,8 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 		return err
 	}
 	for _, e := range s.EtcdClusters {
-		// The address defaults to the default route's source address; the
-		// data directory is where protokube mounts the member's volume.
-		args := []string{"run", "--store=" + in.StoreURL, "--cluster-name=" + s.ClusterName, "--etcd-cluster=" + e.Name,
-			"--data-dir=" + units.EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
-			"--apiserver-client-cert-dir=/etc/kubernetes/pki/kube-apiserver/etcd-" + e.Name,
-			fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort)}
-		svc := service(units.EtcdManager(e.Name, args), []string{units.EtcdManagerBin})
+		// etcdManagerArgs and etcdManagerInputs are in controlplane.go.
+		svc := service(units.EtcdManager(e.Name, etcdManagerArgs(in, e)), etcdManagerInputs(e))
 		// protokube starts it once the member's volume is mounted.
 		svc.RestartOnly = true
 		if err := c.Add(svc); err != nil {
@@ -174,9 +169,6 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 	}
 	return nil
 }
-
-// EtcdBinDirRoot holds one v<version>/etcd per installed etcd version.
-const EtcdBinDirRoot = "/opt/etcd"
 
 type nodeupBuilder struct{}
 

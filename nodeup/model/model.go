@@ -8,6 +8,7 @@ package model
 import (
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"path"
 	"sort"
 	"strings"
@@ -38,6 +39,9 @@ type Input struct {
 	// names the cluster in it (default: spec.clusterName).
 	Store   store.Store
 	Cluster string
+	// NodeAddress is the node's primary address: control-plane nodes
+	// advertise the API server on it and name it in its certificate.
+	NodeAddress netip.Addr
 	// BootConfig is the boot configuration path nodeup.service reads.
 	BootConfig string
 	Now        func() time.Time
@@ -69,7 +73,9 @@ func Builders() []Builder {
 		imagesBuilder{},
 		cniBuilder{},
 		protokubeBuilder{},
+		etcdBinariesBuilder{},
 		etcdManagerBuilder{},
+		controlPlaneBuilder{},
 		nodeupBuilder{},
 	}
 }
@@ -118,6 +124,10 @@ func (c *Collector) Asset(name string) (*tasks.Asset, error) {
 
 // Outputs returns what a task writes, for the one-owner rule.
 func Outputs(t engine.Task) []string {
+	// Tasks that write several files name them all.
+	if o, ok := t.(interface{ Outputs() []string }); ok {
+		return o.Outputs()
+	}
 	switch t := t.(type) {
 	case *tasks.File:
 		return []string{t.Path}

@@ -3,6 +3,7 @@ package model
 import (
 	"bytes"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,7 @@ func load(t *testing.T, name string) *config.NodeConfig {
 func TestGolden(t *testing.T) {
 	for _, name := range []string{"control-plane", "nodes"} {
 		t.Run(name, func(t *testing.T) {
-			in := &Input{Config: load(t, name), StoreURL: "file:///srv/store", Group: name, Hostname: "node-1"}
+			in := &Input{Config: load(t, name), StoreURL: "file:///srv/store", Group: name, Hostname: "node-1", NodeAddress: netip.MustParseAddr("10.0.0.10")}
 			g, err := Build(in)
 			if err != nil {
 				t.Fatal(err)

@@ -53,6 +53,13 @@ func Describe(w io.Writer, g *engine.Graph) {
 			fmt.Fprintf(w, "bootstrap token of cluster %s (create if absent)\n", t.Cluster)
 		case *tasks.ImageImport:
 			fmt.Fprintf(w, "import asset %s with %s into containerd at %s\n", t.Asset.Name, t.Ctr, t.Socket)
+		case *tasks.Certificate:
+			r := t.Request
+			fmt.Fprintf(w, "key %s ca %s cn %s groups %v usage %s dns %v ips %v\n", t.KeyPath, t.CA, r.CommonName, r.Organization, r.Usage, r.DNSNames, r.IPs)
+		case *tasks.CAFiles:
+			fmt.Fprintf(w, "ca %s key %q\n", t.CA, t.KeyPath)
+		case *tasks.SigningKeyFiles:
+			fmt.Fprintf(w, "signing key %s public %s\n", t.Name, t.PubPath)
 		case *tasks.Packages:
 			fmt.Fprintf(w, "packages: %s\n", strings.Join(t.Names, " "))
 		}

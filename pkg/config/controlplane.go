@@ -123,8 +123,9 @@ func (v *validator) controlPlane(path string, s *NodeConfigSpec) {
 		if !pod.Addr().Is4() {
 			maxBits = 128
 		}
-		if cp.NodeCIDRMaskSize <= pod.Bits() || cp.NodeCIDRMaskSize > maxBits-2 {
-			v.add(path+".nodeCIDRMaskSize", fmt.Sprintf("%d must be longer than networking.podCIDR's /%d and at most %d", cp.NodeCIDRMaskSize, pod.Bits(), maxBits-2))
+		// Equal to the pod range's length is allowed: a cluster of one node.
+		if cp.NodeCIDRMaskSize < pod.Bits() || cp.NodeCIDRMaskSize > maxBits-2 {
+			v.add(path+".nodeCIDRMaskSize", fmt.Sprintf("%d must be at least networking.podCIDR's /%d and at most %d", cp.NodeCIDRMaskSize, pod.Bits(), maxBits-2))
 		}
 	} else if cp.NodeCIDRMaskSize < 1 || cp.NodeCIDRMaskSize > 126 {
 		v.add(path+".nodeCIDRMaskSize", fmt.Sprintf("%d is out of range", cp.NodeCIDRMaskSize))

@@ -44,7 +44,7 @@ func TestValidateControlPlane(t *testing.T) {
 		{"bad api name", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.APIServerName = "API_1" }, "spec.controlPlane.apiServerName", "not a valid DNS name"},
 		{"no api name", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.APIServerName = "" }, "spec.controlPlane.apiServerName", "required"},
 		{"http issuer", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.ServiceAccountIssuer = "http://x" }, "spec.controlPlane.serviceAccountIssuer", "not an https URL"},
-		{"mask wider than pod range", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.NodeCIDRMaskSize = 8 }, "spec.controlPlane.nodeCIDRMaskSize", "longer than networking.podCIDR's /11"},
+		{"mask wider than pod range", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.NodeCIDRMaskSize = 8 }, "spec.controlPlane.nodeCIDRMaskSize", "at least networking.podCIDR's /11"},
 		{"mask too long", "control-plane", func(n *NodeConfig) { n.Spec.ControlPlane.NodeCIDRMaskSize = 31 }, "spec.controlPlane.nodeCIDRMaskSize", "at most 30"},
 		{"extra arg with dashes", "control-plane", func(n *NodeConfig) {
 			n.Spec.ControlPlane.APIServer.ExtraArgs = map[string]string{"--v": "2"}

@@ -47,6 +47,12 @@ func StandardAssets(t testing.TB, version string) []Asset {
 		{Name: "runc", Data: []byte(Script("runc " + version))},
 		{Name: "protokube", Data: []byte(Script("protokube " + version))},
 		{Name: "etcd-manager", Data: []byte(Script("etcd-manager " + version))},
+		// The control plane's, unused on workers.
+		{Name: "kube-apiserver", Data: []byte(Script("kube-apiserver " + version))},
+		{Name: "kube-controller-manager", Data: []byte(Script("kube-controller-manager " + version))},
+		{Name: "kube-scheduler", Data: []byte(Script("kube-scheduler " + version))},
+		{Name: "kubectl", Data: []byte(Script("kubectl " + version))},
+		{Name: "etcd-3.6.16", Data: []byte(Script("etcd 3.6.16 " + version))},
 		{Name: "containerd", Extract: true, Data: testtools.TarGz(t, map[string]string{
 			"bin/containerd":              Script("containerd " + version),
 			"bin/containerd-shim-runc-v2": Script("shim " + version),
