@@ -4,15 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // handshake serves one mutual-TLS connection on a real 127.0.0.1 listener
@@ -184,125 +181,5 @@ func TestTLSConfigRejectsMissingParts(t *testing.T) {
 	}
 	if scfg.ClientAuth != tls.RequireAndVerifyClientCert || scfg.MinVersion < tls.VersionTLS12 {
 		t.Errorf("server config ClientAuth=%v MinVersion=%x, want RequireAndVerifyClientCert and >= TLS 1.2", scfg.ClientAuth, scfg.MinVersion)
-	}
-}
-
-// The rendered kubeconfig parses, embeds exactly our CA and keypair, and
-// its credentials complete a mutual-TLS handshake as the named user.
-func TestKubeconfig(t *testing.T) {
-	ks, _ := newKeystoreClock(t, time.Now)
-	ca := mustEnsureCA(t, ks, CAKubernetes, CAOptions{})
-	apiserver := mustIssue(t, ca, CertRequest{CommonName: "kube-apiserver", Usage: UsageServer, DNSNames: []string{"api.internal.test"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
-	kubelet := mustIssue(t, ca, CertRequest{CommonName: "system:node:node1", Organization: []string{"system:nodes"}, Usage: UsageClient})
-
-	out, err := Kubeconfig("https://api.internal.test:443", ca.Cert(), kubelet, "kubelet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg struct {
-		APIVersion string `yaml:"apiVersion"`
-		Kind       string `yaml:"kind"`
-		Clusters   []struct {
-			Name    string `yaml:"name"`
-			Cluster struct {
-				CAData string `yaml:"certificate-authority-data"`
-				Server string `yaml:"server"`
-			} `yaml:"cluster"`
-		} `yaml:"clusters"`
-		Users []struct {
-			Name string `yaml:"name"`
-			User struct {
-				CertData string `yaml:"client-certificate-data"`
-				KeyData  string `yaml:"client-key-data"`
-			} `yaml:"user"`
-		} `yaml:"users"`
-		Contexts []struct {
-			Name    string `yaml:"name"`
-			Context struct {
-				Cluster string `yaml:"cluster"`
-				User    string `yaml:"user"`
-			} `yaml:"context"`
-		} `yaml:"contexts"`
-		CurrentContext string   `yaml:"current-context"`
-		Preferences    struct{} `yaml:"preferences"`
-	}
-	dec := yaml.NewDecoder(strings.NewReader(string(out)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		t.Fatalf("kubeconfig does not parse: %v\n%s", err, out)
-	}
-	if cfg.APIVersion != "v1" || cfg.Kind != "Config" || len(cfg.Clusters) != 1 || len(cfg.Users) != 1 || len(cfg.Contexts) != 1 {
-		t.Fatalf("kubeconfig shape wrong:\n%s", out)
-	}
-	if cfg.CurrentContext != "kubelet" || cfg.Contexts[0].Context.User != "kubelet" || cfg.Contexts[0].Context.Cluster != cfg.Clusters[0].Name || cfg.Users[0].Name != "kubelet" {
-		t.Errorf("context does not tie user and cluster:\n%s", out)
-	}
-	if cfg.Clusters[0].Cluster.Server != "https://api.internal.test:443" {
-		t.Errorf("server %q", cfg.Clusters[0].Cluster.Server)
-	}
-	b64 := func(s string) []byte {
-		b, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			t.Fatalf("base64: %v", err)
-		}
-		return b
-	}
-	caPEM := b64(cfg.Clusters[0].Cluster.CAData)
-	caCert, err := parseCertPEM(caPEM)
-	if err != nil || !caCert.Equal(ca.Cert()) {
-		t.Fatalf("embedded CA is not ours: %v", err)
-	}
-	kp, err := ParseKeypairPEM(b64(cfg.Users[0].User.CertData), b64(cfg.Users[0].User.KeyData))
-	if err != nil {
-		t.Fatalf("embedded client keypair: %v", err)
-	}
-	if !kp.Cert.Equal(kubelet.Cert) {
-		t.Fatal("embedded client cert is not the kubelet's")
-	}
-
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		t.Fatal("embedded CA does not load into a pool")
-	}
-	scfg, err := TLSConfigServer(apiserver, ca.CertPool())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccfg, err := TLSConfigClient(kp, roots, "api.internal.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serr, cerr, cn := handshake(t, scfg, ccfg)
-	if serr != nil || cerr != nil || cn != "system:node:node1" {
-		t.Errorf("handshake with kubeconfig credentials: server %v, client %v, CN %q", serr, cerr, cn)
-	}
-}
-
-func TestKubeconfigRejectsBadInput(t *testing.T) {
-	ks, _ := newKeystoreClock(t, time.Now)
-	ca := mustEnsureCA(t, ks, CAKubernetes, CAOptions{})
-	kp := mustIssue(t, ca, CertRequest{CommonName: "u", Usage: UsageClient})
-	cases := []struct {
-		name   string
-		server string
-		ca     *x509.Certificate
-		kp     *Keypair
-		user   string
-		want   string
-	}{
-		{"http", "http://api:443", ca.Cert(), kp, "u", `"http://api:443"`},
-		{"no host", "https://", ca.Cert(), kp, "u", "with a host"},
-		{"unparsable", "https://a b:%zz", ca.Cert(), kp, "u", "kubeconfig server"},
-		{"no CA", "https://api", nil, kp, "u", "no CA"},
-		{"no keypair", "https://api", ca.Cert(), nil, "u", "empty client keypair"},
-		{"no user", "https://api", ca.Cert(), kp, "", "empty user"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Kubeconfig(tc.server, tc.ca, tc.kp, tc.user)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("Kubeconfig: %v, want error containing %q", err, tc.want)
-			}
-		})
 	}
 }
