@@ -1,7 +1,9 @@
 // Package cni renders the pod network configuration of a node for the
-// configured networking mode, as a pure function of the networking spec:
-// which CNI plugin binaries the node needs and which files go into
-// /etc/cni/net.d. Writing them is nodeup's job.
+// configured networking mode, as pure functions: which CNI plugin binaries
+// the node needs and which files go into /etc/cni/net.d. nodeup installs
+// the plugins and writes the files of Render; in kubenet mode the
+// configuration depends on the node's own pod range, which is known only
+// once the Node is registered, so protokube writes KubenetConfig instead.
 package cni
 
 import (
@@ -35,8 +37,10 @@ type Plan struct {
 
 // Render returns the plan for a networking spec.
 //
-//   - kubenet: a bridge network (cbr0) with host-local IPAM over the node's
-//     pod CIDR, port mapping, and loopback (what kubenet did inside the kubelet).
+//   - kubenet: the plugins only. The configuration (KubenetConfig) allocates
+//     from the node's own pod range, which protokube learns from the Node
+//     object and writes; until then the node has no CNI configuration and
+//     the kubelet reports NetworkNotReady, which is right.
 //   - cni with provider "bridge": the same bridge network, named "bridge".
 //   - cni with another provider (calico, cilium, flannel, ...): the standard
 //     plugins only; the provider's DaemonSet writes its own configuration.
@@ -47,11 +51,10 @@ func Render(n config.NetworkingSpec) (Plan, error) {
 	case config.NetworkingExternal:
 		return Plan{}, nil
 	case config.NetworkingKubenet:
-		f, err := bridgeConfig("kubenet", "cbr0", n)
-		if err != nil {
-			return Plan{}, err
+		if _, err := netip.ParsePrefix(n.PodCIDR); err != nil {
+			return Plan{}, fmt.Errorf("networking.podCIDR: %q: %v", n.PodCIDR, err)
 		}
-		return Plan{Plugins: std, Files: []File{f}}, nil
+		return Plan{Plugins: std}, nil
 	case config.NetworkingCNI:
 		if n.Provider == "" {
 			return Plan{}, fmt.Errorf("networking.provider: required when networking.mode is %q", n.Mode)
@@ -68,15 +71,38 @@ func Render(n config.NetworkingSpec) (Plan, error) {
 	return Plan{}, fmt.Errorf("networking.mode: %q is not one of kubenet, cni, external", n.Mode)
 }
 
+// KubenetConfigPath is where the kubenet configuration lives: the only
+// file of ConfDir in kubenet mode, so the container runtime picks it.
+const KubenetConfigPath = ConfDir + "/10-kubenet.conflist"
+
+// DefaultMTU is the bridge MTU when the networking spec sets none.
+const DefaultMTU = 1460
+
+// KubenetConfig renders the kubenet-mode configuration of one node: a
+// bridge (cbr0) with host-local IPAM over nodeRange, the node's own pod
+// range (never the cluster's, or pods on two nodes would get the same
+// addresses), and port mapping. The runtime sets up loopback itself with
+// the loopback plugin. No masquerade here: protokube masquerades traffic
+// leaving the non-masquerade range in one place. mtu 0 means DefaultMTU.
+func KubenetConfig(nodeRange netip.Prefix, mtu int) (File, error) {
+	if !nodeRange.IsValid() || !nodeRange.Addr().Is4() || nodeRange.Bits() > 30 {
+		return File{}, fmt.Errorf("node pod range %s: want an IPv4 range of at least 4 addresses", nodeRange)
+	}
+	return bridgeFile("kubenet", "cbr0", nodeRange, mtu)
+}
+
 func bridgeConfig(name, bridge string, n config.NetworkingSpec) (File, error) {
 	prefix, err := netip.ParsePrefix(n.PodCIDR)
 	if err != nil {
 		return File{}, fmt.Errorf("networking.podCIDR: %q: %v", n.PodCIDR, err)
 	}
+	return bridgeFile(name, bridge, prefix, n.MTU)
+}
+
+func bridgeFile(name, bridge string, prefix netip.Prefix, mtu int) (File, error) {
 	prefix = prefix.Masked()
-	mtu := n.MTU
 	if mtu == 0 {
-		mtu = 1460
+		mtu = DefaultMTU
 	}
 	type m = map[string]any
 	conf := m{

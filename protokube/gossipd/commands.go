@@ -38,6 +38,13 @@ func GossipCommand() *cli.Command {
 			}
 			d, err := Start(ctx, cfg, Deps{Logger: log})
 			if err != nil {
+				if ctx.Err() != nil {
+					// Stopped while starting (waiting for the keyring):
+					// a clean stop, not a failure.
+					log.Info("stopped before gossip started", "reason", err)
+					return nil
+				}
+				log.Error("gossip did not start", "err", err)
 				return err
 			}
 			<-ctx.Done()

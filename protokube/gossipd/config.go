@@ -17,6 +17,8 @@ import (
 
 	"github.com/kopsnode/agents/gossip/membership"
 	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
+	"github.com/kopsnode/agents/protokube/podnet"
 )
 
 // DefaultStatusAddr is where the daemon serves /healthz, /metrics and /status.
@@ -24,9 +26,16 @@ const DefaultStatusAddr = "127.0.0.1:3993"
 
 // Config is the daemon's configuration; every field has a flag.
 type Config struct {
-	Cluster  string
-	StoreURL string
+	Cluster string
+	// Store is where the keyring and the seed registry live.
+	Store    storeurl.Settings
 	NodeName string
+	// CreateKeyring creates the gossip keyring when none exists
+	// (create-if-absent, so concurrent creators yield one); control-plane
+	// nodes set it. Without it the daemon waits for the keyring, saying so
+	// every KeyringWait.
+	CreateKeyring bool
+	KeyringWait   time.Duration
 	// Bind is the memberlist listen host:port; Advertise the address others dial.
 	Bind      string
 	Advertise string
@@ -51,6 +60,9 @@ type Config struct {
 	// Fast selects short timings for tests of several nodes on one machine.
 	Fast bool
 
+	// PodNet runs kubenet pod networking over this daemon's records.
+	PodNet podnet.Config
+
 	Log logging.Options
 }
 
@@ -63,21 +75,25 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:   host,
-		Bind:       net.JoinHostPort("0.0.0.0", strconv.Itoa(membership.DefaultPort)),
-		Seeds:      "store",
-		SeedTTL:    5 * time.Minute,
-		DNSListen:  "127.0.0.1:53",
-		HostsFile:  "/etc/hosts",
-		StatusAddr: DefaultStatusAddr,
-		LeaveGrace: 30 * time.Second,
+		NodeName:    host,
+		Bind:        net.JoinHostPort("0.0.0.0", strconv.Itoa(membership.DefaultPort)),
+		Seeds:       "store",
+		SeedTTL:     5 * time.Minute,
+		DNSListen:   "127.0.0.1:53",
+		HostsFile:   "/etc/hosts",
+		StatusAddr:  DefaultStatusAddr,
+		LeaveGrace:  30 * time.Second,
+		KeyringWait: 10 * time.Second,
+		PodNet:      podnet.DefaultConfig(),
 	}
 }
 
 // AddFlags binds the configuration to flags.
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "cluster name (for example example.k8s.local)")
-	fs.StringVar(&c.StoreURL, "store", c.StoreURL, "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix)")
+	c.Store.AddFlags(fs)
+	fs.BoolVar(&c.CreateKeyring, "create-keyring", c.CreateKeyring, "create the gossip keyring in the store if none exists (control-plane nodes); without it, wait for one")
+	fs.DurationVar(&c.KeyringWait, "keyring-wait", c.KeyringWait, "while the keyring is missing, how often to look again and say so")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's unique name in gossip")
 	fs.StringVar(&c.Bind, "bind", c.Bind, "gossip listen address host:port")
 	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "gossip address other members dial (default: the bind address, or the first private address when binding to 0.0.0.0)")
@@ -94,6 +110,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StatusAddr, "status-listen", c.StatusAddr, "listen address of /healthz, /metrics and /status")
 	fs.DurationVar(&c.LeaveGrace, "leave-grace", c.LeaveGrace, "how long a departed node's records are kept")
 	fs.BoolVar(&c.Fast, "test-timings", c.Fast, "short gossip timings for tests of several nodes on one machine")
+	c.PodNet.AddFlags(fs)
 	c.Log.AddFlags(fs)
 }
 
@@ -111,8 +128,13 @@ func (c Config) Validate() error {
 	if c.Cluster == "" || strings.Contains(c.Cluster, "/") {
 		errs = append(errs, fmt.Errorf("--cluster: %q must be a name without slashes", c.Cluster))
 	}
-	if c.StoreURL == "" {
+	if c.Store.URL == "" {
 		errs = append(errs, errors.New("--store: required (the gossip keys are read from it)"))
+	} else if err := c.Store.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.KeyringWait <= 0 {
+		errs = append(errs, fmt.Errorf("--keyring-wait: must be positive, got %s", c.KeyringWait))
 	}
 	if c.NodeName == "" || strings.Contains(c.NodeName, "/") {
 		errs = append(errs, fmt.Errorf("--node-name: %q must be a name without slashes", c.NodeName))
@@ -168,6 +190,9 @@ func (c Config) Validate() error {
 	}
 	if c.LeaveGrace <= 0 {
 		errs = append(errs, fmt.Errorf("--leave-grace: must be positive, got %s", c.LeaveGrace))
+	}
+	if err := c.PodNet.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Log.Validate(); err != nil {
 		errs = append(errs, err)

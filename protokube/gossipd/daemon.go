@@ -2,8 +2,10 @@ package gossipd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -24,7 +26,8 @@ import (
 	"github.com/kopsnode/agents/gossip/seeds"
 	"github.com/kopsnode/agents/pkg/observe"
 	"github.com/kopsnode/agents/pkg/store"
-	"github.com/kopsnode/agents/pkg/store/storeurl"
+	"github.com/kopsnode/agents/protokube/gossipkeys"
+	"github.com/kopsnode/agents/protokube/podnet"
 )
 
 // Deps are the daemon's injected parts; zero values select the real ones.
@@ -32,12 +35,20 @@ type Deps struct {
 	// Clock versions records (hlc.New(time.Now, time.Minute) when nil).
 	Clock  *hlc.Clock
 	Logger *slog.Logger
-	// Store overrides opening Config.StoreURL.
+	// Store overrides opening Config.Store.
 	Store store.Store
 	// EC2 overrides the EC2 client built from the default AWS configuration.
 	EC2 ec2.DescribeInstancesAPIClient
 	// HostsFS overrides the filesystem of the hosts file.
 	HostsFS hosts.FS
+	// PodNodes, PodRoutes and PodMasq override podnet's Node source,
+	// routing table and masquerade rules (nil: the Node object through the
+	// kubeconfig, netlink, iptables).
+	PodNodes  podnet.NodeSource
+	PodRoutes podnet.RouteTable
+	PodMasq   podnet.Masquerader
+	// Rand supplies a created keyring's key (crypto/rand when nil).
+	Rand io.Reader
 }
 
 // Daemon is a running gossip daemon.
@@ -52,6 +63,7 @@ type Daemon struct {
 	obs     *observe.Server
 	reg     *seeds.Registration
 	hostsW  *hosts.Writer
+	podnet  *podnet.Controller
 	zone    string
 	closers []func() error
 
@@ -75,8 +87,11 @@ type SyncState struct {
 }
 
 // Start starts every part and returns when gossip, DNS and the endpoints
-// listen. On error everything started so far is closed.
-func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
+// listen. On error everything started so far is closed, and the error
+// names the part that failed and why; Start never panics on one. Without
+// a keyring in the store it waits for one (or creates it with
+// Config.CreateKeyring) until ctx ends.
+func Start(ctx context.Context, cfg Config, deps Deps) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -84,25 +99,31 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d = &Daemon{cfg: cfg, log: log, zone: cfg.Zone(), stop: make(chan struct{})}
+	d := &Daemon{cfg: cfg, log: log, zone: cfg.Zone(), stop: make(chan struct{})}
 	d.serial.Store(uint32(time.Now().Unix()))
-	defer func() {
-		if err != nil {
-			d.Close()
-		}
-	}()
+	// d is a local that is never reset: on error the parts started so far
+	// are closed through it (a named result set to nil by `return nil,
+	// err` once made this a nil dereference that hid the cause).
+	if err := d.start(ctx, deps); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
+	cfg, log := d.cfg, d.log
 	d.store = deps.Store
 	if d.store == nil {
-		opts, err := storeurl.OptionsFromEnv()
+		st, err := cfg.Store.Open(ctx)
 		if err != nil {
-			return nil, err
-		}
-		st, err := storeurl.Open(ctx, cfg.StoreURL, opts)
-		if err != nil {
-			return nil, err
+			return fmt.Errorf("opening the state store %s: %w", cfg.Store.URL, err)
 		}
 		d.store = st
 		d.closers = append(d.closers, st.Close)
+	}
+	if err := d.ensureKeyring(ctx, deps.Rand); err != nil {
+		return err
 	}
 	clock := deps.Clock
 	if clock == nil {
@@ -120,7 +141,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 	}
 	d.table, err = records.New(rc)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("starting the record table: %w", err)
 	}
 	d.closers = append(d.closers, d.table.Close)
 
@@ -161,7 +182,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 		if client == nil {
 			awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.AWSRegion))
 			if err != nil {
-				return nil, fmt.Errorf("-seeds=aws: loading AWS configuration: %w", err)
+				return fmt.Errorf("--seeds=aws: loading the AWS configuration: %w", err)
 			}
 			client = ec2.NewFromConfig(awsCfg)
 		}
@@ -174,19 +195,35 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 	}
 	d.node, err = membership.Start(ctx, mc)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("starting gossip membership on %s: %w", cfg.Bind, err)
 	}
 	d.closers = append(d.closers, d.node.Close)
 	if storeSeeds != nil {
 		d.reg, err = storeSeeds.Keep(ctx, cfg.NodeName, d.node.Addr(), cfg.SeedTTL, log.With("part", "seeds"))
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("registering as a seed in the store: %w", err)
 		}
 		d.closers = append(d.closers, d.reg.Close)
 	}
 
 	if err := d.publish(); err != nil {
-		return nil, err
+		return fmt.Errorf("publishing this node's records: %w", err)
+	}
+
+	if cfg.PodNet.Mode != podnet.ModeOff {
+		host, _, _ := net.SplitHostPort(d.node.Addr())
+		self, err := netip.ParseAddr(host)
+		if err != nil {
+			return fmt.Errorf("--pod-network: this node's advertise address %q is not an IP address", host)
+		}
+		d.podnet, err = podnet.Start(ctx, cfg.PodNet, podnet.Deps{
+			Table: d.table, Addr: self, Nodes: deps.PodNodes, Routes: deps.PodRoutes, Masq: deps.PodMasq,
+			Registerer: registry, Logger: log.With("part", "podnet"),
+		})
+		if err != nil {
+			return fmt.Errorf("starting the pod network: %w", err)
+		}
+		d.closers = append(d.closers, d.podnet.Close)
 	}
 
 	if cfg.DNSListen != "" {
@@ -196,7 +233,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 		dc.Logger = log.With("part", "dns")
 		d.dns, err = dnsserver.Start(dc)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("starting the DNS server on %s (--dns-listen): %w", cfg.DNSListen, err)
 		}
 		d.closers = append(d.closers, d.dns.Close)
 	}
@@ -211,7 +248,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 		Logger:   log,
 	})
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("starting the status endpoint on %s (--status-listen): %w", cfg.StatusAddr, err)
 	}
 	d.closers = append(d.closers, d.obs.Close)
 	registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -223,7 +260,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (d *Daemon, err error) {
 	d.wg.Add(1)
 	go d.syncLoop()
 	log.Info("gossip started", "node", cfg.NodeName, "addr", d.node.Addr(), "zone", d.zone, "dns", d.DNSAddr(), "status", d.obs.Addr())
-	return d, nil
+	return nil
 }
 
 // publish writes this node's own records: its name in the zone and --publish.
@@ -259,12 +296,16 @@ func (d *Daemon) qualify(name string) string {
 }
 
 func (d *Daemon) health(ctx context.Context) error {
+	var errs []error
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.lastSync.HostsErr != "" {
-		return errors.New("hosts file: " + d.lastSync.HostsErr)
+		errs = append(errs, errors.New("hosts file: "+d.lastSync.HostsErr))
 	}
-	return nil
+	d.mu.Unlock()
+	if d.podnet != nil {
+		errs = append(errs, d.podnet.Health())
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Daemon) syncLoop() {
@@ -335,6 +376,8 @@ type Status struct {
 	Members []membership.Member `json:"members"`
 	Records []RecordStatus      `json:"records"`
 	Sync    SyncState           `json:"sync"`
+	// PodNet is the pod network's state when --pod-network is on.
+	PodNet *podnet.Status `json:"podNetwork,omitempty"`
 }
 
 // RecordStatus is one record in the status document.
@@ -356,6 +399,10 @@ func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	s.Sync = d.lastSync
 	d.mu.Unlock()
+	if d.podnet != nil {
+		ps := d.podnet.Status()
+		s.PodNet = &ps
+	}
 	return s
 }
 
@@ -375,4 +422,53 @@ func (d *Daemon) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
+}
+
+// ensureKeyring makes sure the gossip keyring exists before membership
+// reads it. With Config.CreateKeyring (control-plane nodes) it creates one
+// if absent, through gossipkeys' create-if-absent, so two control-plane
+// nodes booting at once yield one keyring. Otherwise (workers) it waits for
+// the keyring, logging every KeyringWait what it waits for, until ctx ends.
+// A missing bucket or refused access ends the start at once (the settings
+// are wrong); other errors (a store that does not answer) are reported the
+// same way as absence and retried.
+func (d *Daemon) ensureKeyring(ctx context.Context, rnd io.Reader) error {
+	kr := gossipkeys.ForCluster(d.store, d.cfg.Cluster)
+	if d.cfg.CreateKeyring {
+		if rnd == nil {
+			rnd = rand.Reader
+		}
+		res, err := kr.Create(ctx, rnd)
+		if err != nil {
+			return err
+		}
+		if res.Changed {
+			d.log.Info("created the gossip keyring", "url", kr.URL(), "primary", res.Added)
+		}
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		_, err := d.store.Stat(ctx, kr.Key)
+		if err == nil {
+			if attempt > 0 {
+				d.log.Info("the gossip keyring exists", "url", kr.URL())
+			}
+			return nil
+		}
+		if errors.Is(err, store.ErrNoBucket) || errors.Is(err, store.ErrAccessDenied) {
+			// The store settings or credentials are wrong: waiting
+			// would only hide it.
+			return fmt.Errorf("reading the gossip keyring %s: %w", kr.URL(), err)
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			d.log.Warn("waiting for the gossip keyring: a control-plane node creates it on its first boot (or run `protokube gossip-keys create`)", "url", kr.URL(), "attempt", attempt+1)
+		} else {
+			d.log.Warn("waiting for the gossip keyring: cannot read it", "url", kr.URL(), "err", err, "attempt", attempt+1)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the gossip keyring %s: %w", kr.URL(), ctx.Err())
+		case <-time.After(d.cfg.KeyringWait):
+		}
+	}
 }

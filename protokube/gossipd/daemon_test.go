@@ -28,7 +28,7 @@ func startLoopbackDaemon(t *testing.T, storeDir, name string) (*Daemon, string) 
 	os.WriteFile(hostsPath, []byte("127.0.0.1 localhost\n"), 0o644)
 	cfg := DefaultConfig()
 	cfg.Cluster = "loop.k8s.local"
-	cfg.StoreURL = "file://" + storeDir
+	cfg.Store.URL = "file://" + storeDir
 	cfg.NodeName = name
 	cfg.Bind = "127.0.0.1:0"
 	cfg.Seeds = "store"

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/kopsnode/agents/gossip/hlc"
 	"github.com/kopsnode/agents/gossip/leakcheck"
 	"github.com/kopsnode/agents/pkg/store/file"
+	"github.com/kopsnode/agents/protokube/podnet"
 )
 
 // nodeEnv makes the test binary run one gossip daemon instead of the tests:
@@ -29,6 +31,9 @@ type testNodeSpec struct {
 	Config      Config
 	StoreDir    string
 	ClockOffset time.Duration
+	// PodCIDR stands in for the Node object's spec.podCIDR when the pod
+	// network is on (no API server in these tests).
+	PodCIDR string
 }
 
 func TestMain(m *testing.M) {
@@ -53,7 +58,16 @@ func runTestNode(spec string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	clock := hlc.New(func() time.Time { return time.Now().Add(s.ClockOffset) }, time.Minute)
-	d, err := Start(ctx, s.Config, Deps{Clock: clock, Logger: log, Store: st})
+	deps := Deps{Clock: clock, Logger: log, Store: st}
+	if s.PodCIDR != "" {
+		p, err := netip.ParsePrefix(s.PodCIDR)
+		if err != nil {
+			log.Error("test node pod CIDR", "err", err)
+			return 2
+		}
+		deps.PodNodes = podnet.StaticNode(p)
+	}
+	d, err := Start(ctx, s.Config, deps)
 	if err != nil {
 		log.Error("starting", "err", err)
 		return 1

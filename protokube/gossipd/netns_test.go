@@ -61,10 +61,16 @@ func randomKey(t testing.TB) string {
 // startProcNode runs the test binary as a gossip node inside host.
 func startProcNode(t testing.TB, name string, host *netns.Host, storeDir string, seeds []string, offset time.Duration, tune ...func(*Config)) *procNode {
 	t.Helper()
+	return startProcNodeSpec(t, name, host, storeDir, seeds, testNodeSpec{ClockOffset: offset}, tune...)
+}
+
+// startProcNodeSpec is startProcNode with the rest of the test node's spec.
+func startProcNodeSpec(t testing.TB, name string, host *netns.Host, storeDir string, seeds []string, base testNodeSpec, tune ...func(*Config)) *procNode {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.Cluster = testCluster
-	cfg.StoreURL = "file://" + storeDir
+	cfg.Store.URL = "file://" + storeDir
 	cfg.NodeName = name
 	cfg.Bind = host.Addr.String() + ":3996"
 	cfg.Seeds = "static"
@@ -77,7 +83,8 @@ func startProcNode(t testing.TB, name string, host *netns.Host, storeDir string,
 	for _, f := range tune {
 		f(&cfg)
 	}
-	spec, err := json.Marshal(testNodeSpec{Config: cfg, StoreDir: storeDir, ClockOffset: offset})
+	base.Config, base.StoreDir = cfg, storeDir
+	spec, err := json.Marshal(base)
 	if err != nil {
 		t.Fatal(err)
 	}
