@@ -36,7 +36,7 @@ func TestDemoScript(t *testing.T) {
 		}
 	}
 	root := filepath.Join(work, "demo", "root")
-	for _, p := range []string{"usr/local/bin/kubelet", "etc/systemd/system/kubelet.service", "var/lib/kubelet/kubeconfig"} {
+	for _, p := range []string{"usr/local/bin/kubelet", "etc/systemd/system/kubelet.service", "var/lib/kubelet/bootstrap-kubeconfig"} {
 		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
 			t.Errorf("converged root lacks %s: %v", p, err)
 		}

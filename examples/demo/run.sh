@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs nodeup's main job on the embedded default store (file://), converging a
 # scratch root directory instead of this machine:
-#   1. stages a state store in a temp directory with the cluster spec and a
+#   1. stages a state store in a temp directory with the cluster spec, a
 #      worker node configuration whose assets are small local files (file://
-#      mirrors, pinned by sha256);
+#      mirrors, pinned by sha256), and what a control-plane node publishes
+#      for workers: the kubernetes CA's public certificate and the node
+#      bootstrap token (a worker reads no CA key);
 #   2. prints the plan (nodeup apply --dry-run);
 #   3. converges the root (nodeup apply --root), then again to show that a
 #      converged node changes nothing;
@@ -26,12 +28,19 @@ fake kubelet "$ASSETS/kubelet"
 fake runc "$ASSETS/runc"
 fake containerd "$ASSETS/containerd/bin/containerd"
 fake containerd-shim-runc-v2 "$ASSETS/containerd/bin/containerd-shim-runc-v2"
+fake ctr "$ASSETS/containerd/bin/ctr"
 for p in bridge host-local loopback portmap; do fake "$p" "$ASSETS/cni/$p"; done
 tar -C "$ASSETS/containerd" -czf "$ASSETS/containerd.tar.gz" bin
 tar -C "$ASSETS/cni" -czf "$ASSETS/cni-plugins.tgz" .
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 cp examples/cluster.yaml "$STORE/$CLUSTER/cluster.yaml"
+# Stand-ins for what the first control-plane node publishes.
+mkdir -p "$STORE/$CLUSTER/pki/kubernetes-ca" "$STORE/$CLUSTER/secrets"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+  -subj /CN=kubernetes-ca -addext basicConstraints=critical,CA:TRUE \
+  -keyout "$WORK/ca.key" -out "$STORE/$CLUSTER/pki/kubernetes-ca/ca.crt" 2>/dev/null
+echo "$(openssl rand -hex 3).$(openssl rand -hex 8)" >"$STORE/$CLUSTER/secrets/node-bootstrap-token"
 cat >"$STORE/$CLUSTER/nodeup/nodes.yaml" <<YAML
 apiVersion: agents.kopsnode.io/v1alpha1
 kind: NodeConfig
