@@ -20,6 +20,7 @@ import (
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/pki"
 	"github.com/kopsnode/agents/pkg/store"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
 	units "github.com/kopsnode/agents/systemd-units"
 )
 
@@ -29,7 +30,13 @@ type Input struct {
 	// StoreURL, Cluster and Group identify the node's configuration; the
 	// agents' units are given them.
 	StoreURL string
-	Group    string
+	// StoreEndpoint, StoreRegion and StorePathStyle are the store settings
+	// its URL does not carry (from the boot configuration). Every daemon's
+	// unit gets them with the URL, through StoreSettings.
+	StoreEndpoint  string
+	StoreRegion    string
+	StorePathStyle bool
+	Group          string
 	// Hostname names the node (the kubelet's client certificate CN).
 	Hostname string
 	// Keystore issues the kubelet's client certificate; nil makes the
@@ -47,6 +54,13 @@ type Input struct {
 	Now        func() time.Time
 	// AssetDeadline bounds every asset's download attempts (0: engine default).
 	AssetDeadline time.Duration
+}
+
+// StoreSettings are the complete store settings that daemons' units are
+// given (storeurl.Settings.Args renders their flags), so every daemon opens
+// the store the way nodeup did.
+func (in *Input) StoreSettings() storeurl.Settings {
+	return storeurl.Settings{URL: in.StoreURL, Endpoint: in.StoreEndpoint, Region: in.StoreRegion, PathStyle: in.StorePathStyle}
 }
 
 func (in *Input) cluster() string {
@@ -73,6 +87,7 @@ func Builders() []Builder {
 		imagesBuilder{},
 		cniBuilder{},
 		protokubeBuilder{},
+		manifestsBuilder{},
 		etcdBinariesBuilder{},
 		etcdManagerBuilder{},
 		controlPlaneBuilder{},

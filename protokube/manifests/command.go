@@ -37,12 +37,12 @@ func Command() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
-			opts, err := storeurl.OptionsFromEnv()
+			opts, err := cfg.Store.Options()
 			if err != nil {
 				return err
 			}
 			opts.Logger = log
-			st, err := storeurl.Open(ctx, cfg.StoreURL, opts)
+			st, err := storeurl.Open(ctx, cfg.Store.URL, opts)
 			if err != nil {
 				return fmt.Errorf("--store: %w", err)
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
 )
 
 // DefaultStatusAddr is where the daemon serves /healthz, /metrics and
@@ -26,8 +27,8 @@ type Config struct {
 	// ConfigFile is nodeup's local copy of the node configuration (the
 	// fields the manifests read).
 	ConfigFile string
-	// StoreURL is the state store, from which the bootstrap token is read.
-	StoreURL string
+	// Store is the state store, from which the bootstrap token is read.
+	Store storeurl.Settings
 	// Kubeconfig reaches the API server with rights to apply the objects.
 	Kubeconfig string
 	// Interval is how often every object is applied again.
@@ -53,7 +54,7 @@ func DefaultConfig() Config {
 // AddFlags binds the flags to c.
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "the node configuration copy nodeup writes (cluster name, networking, kubelet clusterDNS/clusterDomain); required")
-	fs.StringVar(&c.StoreURL, "store", c.StoreURL, "state store URL (file://, s3://, gs://) holding the cluster's node bootstrap token; required")
+	c.Store.AddFlags(fs)
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig with rights to apply the system manifests")
 	fs.DurationVar(&c.Interval, "interval", c.Interval, "how often every object is applied again (restoring objects changed by hand)")
 	fs.DurationVar(&c.WaitInterval, "wait-interval", c.WaitInterval, "how often the API server is tried while it does not answer, and a failed pass retried")
@@ -65,7 +66,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 // the logging flags at their defaults): how nodeup renders the unit.
 func (c Config) Args() []string {
 	d := DefaultConfig()
-	args := []string{"--config=" + c.ConfigFile, "--store=" + c.StoreURL}
+	args := append([]string{"--config=" + c.ConfigFile}, c.Store.Args()...)
 	if c.Kubeconfig != d.Kubeconfig {
 		args = append(args, "--kubeconfig="+c.Kubeconfig)
 	}
@@ -93,8 +94,10 @@ func (c Config) Validate() error {
 	if c.ConfigFile == "" {
 		errs = append(errs, errors.New("--config: required"))
 	}
-	if c.StoreURL == "" {
+	if c.Store.URL == "" {
 		errs = append(errs, errors.New("--store: required"))
+	} else if err := c.Store.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Kubeconfig == "" {
 		errs = append(errs, errors.New("--kubeconfig: required"))

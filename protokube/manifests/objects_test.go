@@ -15,6 +15,7 @@ import (
 
 	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/pkg/testtools"
 )
 
@@ -94,10 +95,10 @@ func TestObjects(t *testing.T) {
 	}
 
 	for name, want := range map[string][2]string{
-		"kopsnode:node-bootstrapper":                    {"system:node-bootstrapper", "system:bootstrappers:kopsnode:nodes"},
-		"kopsnode:node-autoapprove-bootstrap":           {"system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers:kopsnode:nodes"},
+		"kopsnode:node-bootstrapper":                     {"system:node-bootstrapper", "system:bootstrappers:kopsnode:nodes"},
+		"kopsnode:node-autoapprove-bootstrap":            {"system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers:kopsnode:nodes"},
 		"kopsnode:node-autoapprove-certificate-rotation": {"system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes"},
-		"kopsnode:node-proxier":                         {"system:node-proxier", "system:nodes"},
+		"kopsnode:node-proxier":                          {"system:node-proxier", "system:nodes"},
 	} {
 		b := m["ClusterRoleBinding/"+name].Obj.(*rbacv1.ClusterRoleBinding)
 		if b.RoleRef.Name != want[0] || len(b.Subjects) != 1 || b.Subjects[0].Kind != "Group" || b.Subjects[0].Name != want[1] {
@@ -248,10 +249,14 @@ func TestConfigValidate(t *testing.T) {
 // same configuration.
 func TestConfigArgsRoundTrip(t *testing.T) {
 	for _, c := range []Config{
-		func() Config { c := DefaultConfig(); c.ConfigFile, c.StoreURL = "/etc/nodeup/x.yaml", "s3://b/p"; return c }(),
 		func() Config {
 			c := DefaultConfig()
-			c.ConfigFile, c.StoreURL, c.Kubeconfig = "/c", "file:///s", "/k"
+			c.ConfigFile, c.Store.URL = "/etc/nodeup/x.yaml", "s3://b/p"
+			return c
+		}(),
+		func() Config {
+			c := DefaultConfig()
+			c.ConfigFile, c.Store, c.Kubeconfig = "/c", storeurl.Settings{URL: "s3://b/p", Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true}, "/k"
 			c.Interval, c.WaitInterval, c.StatusListen = 5*time.Second, time.Second, ""
 			c.Log.Format, c.Log.Level = "json", "debug"
 			return c

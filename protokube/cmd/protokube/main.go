@@ -8,13 +8,14 @@ import (
 	"github.com/kopsnode/agents/protokube/etcdvolumes"
 	"github.com/kopsnode/agents/protokube/gossipd"
 	"github.com/kopsnode/agents/protokube/gossipkeys"
+	"github.com/kopsnode/agents/protokube/manifests"
 )
 
 func app() *cli.App {
 	return &cli.App{
 		Name:     "protokube",
-		Summary:  "control-plane agent: etcd volumes, etcd-manager and gossip DNS",
-		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand(), gossipkeys.Command(), etcdvolumes.Command()},
+		Summary:  "control-plane agent: etcd volumes, etcd-manager, gossip DNS and system manifests",
+		Commands: []*cli.Command{gossipd.GossipCommand(), gossipd.StatusCommand(), gossipkeys.Command(), etcdvolumes.Command(), manifests.Command(), manifests.StatusCommand()},
 	}
 }
 

@@ -32,3 +32,16 @@ func TestGossipKeysWired(t *testing.T) {
 		t.Fatalf("gossip-keys show: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// The binary offers manifests and manifests-status; a missing required flag
+// is a usage error naming it.
+func TestManifestsWired(t *testing.T) {
+	var out, errb bytes.Buffer
+	env := &cli.Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader("")}
+	if code := app().Run(context.Background(), env, []string{"help"}); code != 0 || !strings.Contains(out.String(), "manifests-status") || !strings.Contains(out.String(), "manifests ") {
+		t.Fatalf("help does not list manifests and manifests-status:\n%s", out.String())
+	}
+	if code := app().Run(context.Background(), env, []string{"manifests", "--config", "/nonexistent"}); code != 2 || !strings.Contains(errb.String(), "--store: required") {
+		t.Fatalf("manifests without --store: exit %d\n%s", code, errb.String())
+	}
+}

@@ -1,0 +1,99 @@
+package manifests
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kopsnode/agents/pkg/store/file"
+)
+
+// Before the API server can be reached, a pass reports why, naming the file
+// or address, and never panics.
+func TestPassReportsWhatIsMissing(t *testing.T) {
+	dir := t.TempDir()
+	st, err := file.New(filepath.Join(dir, "store"), file.Options{CreateRoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cfg := DefaultConfig()
+	cfg.ConfigFile = filepath.Join(dir, "missing.yaml")
+	cfg.Store.URL = st.URL()
+	cfg.Kubeconfig = filepath.Join(dir, "admin.conf")
+	r, err := NewReconciler(cfg, Deps{Store: st, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.health(ctx); err == nil || !strings.Contains(err.Error(), "no pass yet") {
+		t.Errorf("health before a pass: %v", err)
+	}
+
+	s := r.Pass(ctx)
+	if s.Ready || s.APIReady || !strings.Contains(s.Error, "missing.yaml") {
+		t.Errorf("missing configuration: %+v", s)
+	}
+
+	writeNodeConfig(t, cfg.ConfigFile, "", "")
+	s = r.Pass(ctx)
+	if s.Ready || s.APIReady || !strings.Contains(s.Error, "admin.conf") || s.Cluster != testCluster {
+		t.Errorf("missing kubeconfig: %+v", s)
+	}
+	// The token is not in the store either: reported with its URL, not fatal.
+	if len(s.InputErrors) != 1 || !strings.Contains(s.InputErrors[0], "secrets/node-bootstrap-token") {
+		t.Errorf("input errors: %v", s.InputErrors)
+	}
+	if err := r.health(ctx); err == nil || !strings.Contains(err.Error(), "admin.conf") {
+		t.Errorf("health: %v", err)
+	}
+	if s.Passes != 2 || s.LastPass.IsZero() || !s.LastSuccess.IsZero() {
+		t.Errorf("pass accounting: %+v", s)
+	}
+}
+
+func TestNewReconcilerNeedsStore(t *testing.T) {
+	if _, err := NewReconciler(DefaultConfig(), Deps{}); err == nil {
+		t.Error("no store accepted")
+	}
+}
+
+// Close stops the loop promptly even while it backs off, and twice is fine.
+func TestDaemonClose(t *testing.T) {
+	dir := t.TempDir()
+	st, err := file.New(filepath.Join(dir, "store"), file.Options{CreateRoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cfg := DefaultConfig()
+	cfg.ConfigFile, cfg.Store.URL, cfg.Kubeconfig = filepath.Join(dir, "none.yaml"), st.URL(), filepath.Join(dir, "none.conf")
+	cfg.StatusListen = "127.0.0.1:0"
+	d, err := Start(context.Background(), cfg, Deps{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a pass", func() error {
+		if d.Status().Passes == 0 {
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
