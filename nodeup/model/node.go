@@ -129,14 +129,10 @@ func (kubeletBuilder) Build(in *Input, c *Collector) error {
 			return err
 		}
 	} else {
-		host := in.Hostname
-		if host == "" {
-			host = "localhost"
-		}
 		if err := c.Add(&tasks.Kubeconfig{
 			Path:     KubeletKubeconfig,
 			Server:   spec.Kubelet.APIServer,
-			User:     "system:node:" + host,
+			User:     "system:node:" + nodeName(in),
 			Groups:   []string{"system:nodes"},
 			CA:       pki.CAKubernetes,
 			Keystore: in.Keystore,
@@ -150,9 +146,25 @@ func (kubeletBuilder) Build(in *Input, c *Collector) error {
 			return err
 		}
 	}
+	// The images are in containerd before the kubelet starts, so that it
+	// never tries to pull the sandbox image from a registry.
+	needs := []string{tasks.UnitID("containerd.service")}
+	for _, n := range imageAssets(spec) {
+		needs = append(needs, tasks.ImageImportID(n))
+	}
 	return c.Add(service(units.Kubelet(KubeletEnv),
-		[]string{units.KubeletBin, KubeletConfig, KubeletEnv, KubeletClientCA, credentials},
-		tasks.UnitID("containerd.service")))
+		[]string{units.KubeletBin, KubeletConfig, KubeletEnv, KubeletClientCA, credentials}, needs...))
+}
+
+// nodeName is the name the kubelet registers the node under: the hostname,
+// lower-cased as the kubelet does. Its client certificate (CN
+// system:node:<name>) and kube-proxy must use the same.
+func nodeName(in *Input) string {
+	h := strings.ToLower(strings.TrimSpace(in.Hostname))
+	if h == "" {
+		return "localhost"
+	}
+	return h
 }
 
 // KubeletEnvFile renders /etc/default/kubelet with the flags that are not in
@@ -237,13 +249,9 @@ func (kubeProxyBuilder) Build(in *Input, c *Collector) error {
 // conntrack table size alone: the global sysctl cannot be set in a
 // container.
 func KubeProxyArgs(in *Input) []string {
-	host := in.Hostname
-	if host == "" {
-		host = "localhost"
-	}
 	return []string{
 		"--kubeconfig=" + KubeletKubeconfig,
-		"--hostname-override=" + host,
+		"--hostname-override=" + nodeName(in),
 		"--cluster-cidr=" + in.Config.Spec.Networking.PodCIDR,
 		"--proxy-mode=iptables",
 		"--conntrack-max-per-core=0",
@@ -258,15 +266,20 @@ func (imagesBuilder) Name() string { return "images" }
 // archives to import into containerd.
 const ImageAssetPrefix = "image-"
 
-func (imagesBuilder) Build(in *Input, c *Collector) error {
+// imageAssets returns the names of the image assets, sorted.
+func imageAssets(s config.NodeConfigSpec) []string {
 	var names []string
-	for _, a := range in.Config.Spec.Assets {
+	for _, a := range s.Assets {
 		if strings.HasPrefix(a.Name, ImageAssetPrefix) {
 			names = append(names, a.Name)
 		}
 	}
 	sort.Strings(names)
-	for _, n := range names {
+	return names
+}
+
+func (imagesBuilder) Build(in *Input, c *Collector) error {
+	for _, n := range imageAssets(in.Config.Spec) {
 		a, err := c.Asset(n)
 		if err != nil {
 			return err

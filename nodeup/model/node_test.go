@@ -32,7 +32,8 @@ func TestWorkerNeverIssuesFromACAKey(t *testing.T) {
 	}
 
 	cp := load(t, "control-plane")
-	g, err := Build(&Input{Config: cp, StoreURL: "file:///s", Hostname: "cp1"})
+	// The node name is the hostname lower-cased, as the kubelet registers it.
+	g, err := Build(&Input{Config: cp, StoreURL: "file:///s", Hostname: "CP1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +110,10 @@ func TestImageAssetsAreImportedAfterContainerd(t *testing.T) {
 		if !strings.Contains(deps, d) {
 			t.Errorf("import deps %s lack %s", deps, d)
 		}
+	}
+	kubelet, _ := g.Get(tasks.UnitID("kubelet.service"))
+	if !strings.Contains(strings.Join(kubelet.Deps(), " "), tasks.ImageImportID("image-pause")) {
+		t.Errorf("the kubelet starts before the images are imported: deps %v", kubelet.Deps())
 	}
 	for i := range n.Spec.Assets {
 		if n.Spec.Assets[i].Name == "image-pause" {
