@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/kopsnode/agents/pkg/config"
-	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/protokube/manifests"
 	units "github.com/kopsnode/agents/systemd-units"
 )
@@ -30,7 +29,7 @@ func (manifestsBuilder) Build(in *Input, c *Collector) error {
 		return err
 	}
 	cfg := manifests.DefaultConfig()
-	cfg.ConfigFile, cfg.Store = units.ManifestsConfigCopy, storeurl.Settings{URL: in.StoreURL}
+	cfg.ConfigFile, cfg.Store = units.ManifestsConfigCopy, in.StoreSettings()
 	args := append([]string{"manifests"}, cfg.Args()...)
 	return c.Add(service(units.ProtokubeManifests(args), []string{units.ProtokubeBin, units.ManifestsConfigCopy}))
 }

@@ -24,7 +24,7 @@ func withAPIServer(t *testing.T) *config.NodeConfig {
 }
 
 func TestManifestsUnit(t *testing.T) {
-	g, err := BuildWith(&Input{Config: withAPIServer(t), StoreURL: "s3://bucket/prefix"}, Builders())
+	g, err := BuildWith(&Input{Config: withAPIServer(t), StoreURL: "s3://bucket/prefix", StoreEndpoint: "http://10.0.0.1:9000", StoreRegion: "eu-west-1"}, Builders())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,8 @@ func TestManifestsUnit(t *testing.T) {
 	if err := fs.Parse(fields[2:]); err != nil {
 		t.Fatalf("ExecStart=%s: %v", execStart, err)
 	}
-	for flagName, want := range map[string]string{"config": units.ManifestsConfigCopy, "store": "s3://bucket/prefix", "kubeconfig": manifests.DefaultKubeconfig, "status-listen": manifests.DefaultStatusAddr} {
+	for flagName, want := range map[string]string{"config": units.ManifestsConfigCopy, "store": "s3://bucket/prefix", "kubeconfig": manifests.DefaultKubeconfig, "status-listen": manifests.DefaultStatusAddr,
+		"store-endpoint": "http://10.0.0.1:9000", "store-region": "eu-west-1", "store-path-style": "false"} {
 		if got := fs.Lookup(flagName).Value.String(); got != want {
 			t.Errorf("--%s=%s, want %s", flagName, got, want)
 		}
