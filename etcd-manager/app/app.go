@@ -46,7 +46,7 @@ type runFlags struct {
 	cfg         manager.Config
 	seedMembers int
 	seedVersion string
-	store       string
+	store       storeurl.Settings
 	discovery   string
 	peers       string
 	metricsAddr string
@@ -74,7 +74,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.IntVar(&f.seedMembers, "seed-members", 0, "member count written as the cluster spec when the store has none (with --seed-etcd-version; never overwrites a spec)")
 	fs.StringVar(&f.seedVersion, "seed-etcd-version", "", "etcd version written as the cluster spec when the store has none (with --seed-members)")
 	fs.StringVar(&f.extraSANs, "extra-sans", "", "comma-separated extra IP addresses or names for this instance's certificates")
-	fs.StringVar(&f.store, "store", "", "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix); required")
+	f.store.AddFlags(fs) // --store (required), --store-endpoint, --store-region, --store-path-style
 	fs.StringVar(&f.discovery, "discovery", "store", "peer discovery: store (registry in the state store) or static")
 	fs.StringVar(&f.peers, "peers", "", "static peers as id=host:port,... (with --discovery static)")
 	fs.DurationVar(&f.cfg.Tick, "tick", d.Tick, "reconcile interval")
@@ -164,15 +164,18 @@ func runCommand() *cli.Command {
 				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
 			cfg.Seed = seed
-			if f.store == "" {
+			if f.store.URL == "" {
 				return fmt.Errorf("--store is required: %w", cli.ErrUsage)
 			}
-			opts, err := storeurl.OptionsFromEnv()
+			if err := f.store.Validate(); err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
+			}
+			opts, err := f.store.Options()
 			if err != nil {
 				return err
 			}
 			opts.Logger = logger
-			st, err := storeurl.Open(ctx, f.store, opts)
+			st, err := storeurl.Open(ctx, f.store.URL, opts)
 			if err != nil {
 				return fmt.Errorf("--store: %w", err)
 			}

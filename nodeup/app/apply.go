@@ -155,7 +155,7 @@ func apply(ctx context.Context, o Options, f *fsroot.FS, st *Status) error {
 		return err
 	}
 	g, err := model.Build(&model.Input{
-		Config: cfg, StoreURL: o.Store, Group: o.Group, Hostname: host, Keystore: ks, Store: s, Cluster: o.Cluster,
+		Config: cfg, StoreURL: o.Store, StoreEndpoint: o.StoreEndpoint, StoreRegion: o.StoreRegion, StorePathStyle: o.StorePathStyle, Group: o.Group, Hostname: host, Keystore: ks, Store: s, Cluster: o.Cluster,
 		Now: o.Now, AssetDeadline: o.Engine.TaskTimeout, NodeAddress: addr,
 	})
 	if err != nil {

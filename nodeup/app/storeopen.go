@@ -8,21 +8,13 @@ import (
 )
 
 // DefaultStoreOpener opens the store by URL through storeurl, with the
-// endpoint settings of the environment overridden by the boot configuration.
+// endpoint settings of the environment overridden by the boot configuration
+// (the same rule every daemon applies to its --store-* flags).
 func DefaultStoreOpener(ctx context.Context, bc BootConfig) (store.Store, error) {
-	opts, err := storeurl.OptionsFromEnv()
-	if err != nil {
-		return nil, err
-	}
-	if bc.StoreEndpoint != "" {
-		opts.S3Endpoint = bc.StoreEndpoint
-		opts.S3PathStyle = true
-	}
-	if bc.StoreRegion != "" {
-		opts.S3Region = bc.StoreRegion
-	}
-	if bc.StorePathStyle {
-		opts.S3PathStyle = true
-	}
-	return storeurl.Open(ctx, bc.Store, opts)
+	return bc.StoreSettings().Open(ctx)
+}
+
+// StoreSettings are the boot configuration's store settings.
+func (c BootConfig) StoreSettings() storeurl.Settings {
+	return storeurl.Settings{URL: c.Store, Endpoint: c.StoreEndpoint, Region: c.StoreRegion, PathStyle: c.StorePathStyle}
 }

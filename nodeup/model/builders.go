@@ -5,6 +5,7 @@ import (
 
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/protokube/podnet"
 	units "github.com/kopsnode/agents/systemd-units"
 )
 
@@ -63,15 +64,19 @@ type protokubeBuilder struct{}
 func (protokubeBuilder) Name() string { return "protokube" }
 func (protokubeBuilder) Build(in *Input, c *Collector) error {
 	s := in.Config.Spec
+	kubenet := s.Networking.Mode == config.NetworkingKubenet
 	if s.Role != config.RoleControlPlane {
-		// Workers run protokube only for gossip, and only when the
-		// configuration ships it.
-		if s.Gossip == nil || !hasAsset(s, "protokube") {
+		// Workers run protokube for gossip when the configuration ships
+		// it, and always in kubenet mode: protokube runs the pod network.
+		if s.Gossip == nil || (!kubenet && !hasAsset(s, "protokube")) {
 			return nil
 		}
 	}
 	a, err := c.Asset("protokube")
 	if err != nil {
+		if kubenet {
+			return fmt.Errorf("spec.networking.mode kubenet: protokube runs the pod network on every node: %w", err)
+		}
 		return err
 	}
 	if err := c.Add(&tasks.Install{Path: units.ProtokubeBin, Asset: a, Mode: 0o755}); err != nil {
@@ -117,9 +122,19 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 // protokubeArgs are protokube's gossip daemon flags from the configuration.
 // Control-plane nodes publish the API server's internal name with their own
 // address, which is how workers find it without cloud credentials.
+//
+// Control-plane nodes create the gossip keyring if the store has none
+// (create-if-absent: the first to boot wins); workers wait for it. In
+// kubenet mode protokube also runs the pod network (package
+// protokube/podnet): it reads the Node's range with the kubelet's
+// kubeconfig, writes the CNI configuration and routes between nodes.
 func protokubeArgs(in *Input) []string {
 	s := in.Config.Spec
-	args := []string{"gossip", "--store=" + in.StoreURL, "--cluster=" + s.ClusterName, "--hosts-file=/etc/hosts"}
+	args := append([]string{"gossip"}, in.StoreSettings().Args()...)
+	args = append(args, "--cluster="+s.ClusterName, "--hosts-file=/etc/hosts")
+	if s.Role == config.RoleControlPlane {
+		args = append(args, "--create-keyring")
+	}
 	if g := s.Gossip; g != nil {
 		if g.Port != 0 {
 			args = append(args, fmt.Sprintf("--bind=0.0.0.0:%d", g.Port))
@@ -139,6 +154,16 @@ func protokubeArgs(in *Input) []string {
 	}
 	if s.Role == config.RoleControlPlane {
 		args = append(args, "--publish=api=self")
+	}
+	if n := s.Networking; n.Mode == config.NetworkingKubenet {
+		pn := podnet.DefaultConfig()
+		pn.Mode = podnet.ModeKubenet
+		pn.Kubeconfig = KubeletKubeconfig
+		pn.NodeName = in.Hostname // the Node's name: its kubelet certificate says system:node:<Hostname>
+		pn.ClusterCIDR = n.PodCIDR
+		pn.NonMasqueradeCIDR = n.NonMasqueradeCIDR
+		pn.MTU = n.MTU
+		args = append(args, pn.Args()...)
 	}
 	return args
 }

@@ -367,10 +367,11 @@ func (etcdBinariesBuilder) Build(in *Input, c *Collector) error {
 // owns the spec afterwards.
 func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) []string {
 	s := in.Config.Spec
-	args := []string{"run", "--store=" + in.StoreURL, "--cluster-name=" + s.ClusterName, "--etcd-cluster=" + e.Name,
-		"--data-dir=" + units.EtcdDataDir(e.Name), "--etcd-bin-dir-root=" + EtcdBinDirRoot, "--hosts-file=/etc/hosts",
+	args := append([]string{"run"}, in.StoreSettings().Args()...) // the complete store settings, as nodeup used them
+	args = append(args, "--cluster-name="+s.ClusterName, "--etcd-cluster="+e.Name,
+		"--data-dir="+units.EtcdDataDir(e.Name), "--etcd-bin-dir-root="+EtcdBinDirRoot, "--hosts-file=/etc/hosts",
 		fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort),
-		fmt.Sprintf("--seed-members=%d", e.Members), "--seed-etcd-version=" + e.Version}
+		fmt.Sprintf("--seed-members=%d", e.Members), "--seed-etcd-version="+e.Version)
 	if e.Name == apiServerEtcdCluster {
 		args = append(args, "--apiserver-client-cert-dir="+APIServerEtcdClientDir)
 	}

@@ -122,6 +122,10 @@ func TestNetworkingModes(t *testing.T) {
 	} {
 		n := load(t, "nodes")
 		n.Spec.Networking.Mode, n.Spec.Networking.Provider = c.mode, c.provider
+		if c.mode == "kubenet" {
+			// protokube runs the kubenet pod network on every node.
+			n.Spec.Assets = append(n.Spec.Assets, config.Asset{Name: "protokube", SHA256: strings.Repeat("a", 64), URLs: []string{"https://mirror.example.com/protokube"}})
+		}
 		g, err := Build(&Input{Config: n})
 		if err != nil {
 			t.Fatalf("%s: %v", c.mode, err)
