@@ -99,6 +99,8 @@ func (c *Cluster) Validate() error {
 	ports := v.etcdClusters("spec.etcdClusters", s.EtcdClusters)
 	if s.Gossip == nil && strings.HasSuffix(c.Metadata.Name, ".k8s.local") {
 		v.add("spec.gossip", "required: a cluster named *.k8s.local has no DNS zone of its own and finds its nodes through gossip (write `gossip: {}` for the defaults)")
+	} else {
+		v.kubenetNeedsGossip("spec.gossip", &s.Networking, s.Gossip)
 	}
 	v.gossip("spec.gossip", s.Gossip, ports)
 	return v.errs.err()
@@ -313,6 +315,18 @@ func (v *validator) storeURL(path, s string) {
 	}
 }
 
+// kubenetNeedsGossip: in kubenet mode nodes publish their pod ranges over
+// gossip and route to each other's (protokube, package protokube/podnet),
+// so a cluster without gossip would have no pod network beyond each node.
+// It is checked on the cluster spec, not on node configurations: the
+// reduced configuration copies that protokube's commands read carry no
+// gossip block.
+func (v *validator) kubenetNeedsGossip(path string, n *NetworkingSpec, g *GossipSpec) {
+	if n.Mode == NetworkingKubenet && g == nil {
+		v.add(path, "required when networking.mode is \"kubenet\": nodes publish their pod ranges over gossip and route to each other's (write `gossip: {}` for the defaults)")
+	}
+}
+
 func (v *validator) gossip(path string, g *GossipSpec, ports portUse) {
 	if g == nil {
 		return
@@ -321,7 +335,13 @@ func (v *validator) gossip(path string, g *GossipSpec, ports portUse) {
 		v.claim(ports, path+".port", g.Port)
 	}
 	switch g.Seeds {
-	case SeedsStore, SeedsAWS:
+	case SeedsAWS:
+		// The daemon's EC2 provider needs instance tags, a region and
+		// cloud credentials on every node; the configuration carries none
+		// of them, so the rendered unit could never start. Refused until
+		// it does.
+		v.add(path+".seeds", fmt.Sprintf("%q is not supported in a configuration yet (nodeup has no instance tags or region to give protokube, and workers would need EC2 credentials); use %q: every node finds the others through the seed registry in the state store", SeedsAWS, SeedsStore))
+	case SeedsStore:
 		if len(g.StaticSeeds) > 0 {
 			v.add(path+".staticSeeds", fmt.Sprintf("only used when seeds is %q", SeedsStatic))
 		}
