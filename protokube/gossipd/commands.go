@@ -135,5 +135,29 @@ func PrintStatus(w io.Writer, st Status) error {
 	if st.Sync.HostsErr != "" {
 		fmt.Fprintf(w, "\nhosts file %s: %s\n", st.Sync.HostsFile, st.Sync.HostsErr)
 	}
+	if p := st.PodNet; p != nil {
+		rng := p.Range
+		if rng == "" {
+			rng = "(not allocated yet)"
+		}
+		fmt.Fprintf(w, "\nPOD NETWORK node %s, range %s via %s, %d passes\n", p.Node, rng, p.Via, p.Syncs)
+		if p.CNIConfig != "" {
+			fmt.Fprintf(w, "cni config %s\n", p.CNIConfig)
+		}
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROUTE\tVIA\tNODE")
+		for _, r := range p.Routes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Dst, r.Via, r.Owner)
+		}
+		tw.Flush()
+		for _, sk := range p.Skipped {
+			fmt.Fprintf(w, "not routed: record of %s: %s\n", sk.Owner, sk.Reason)
+		}
+		for _, part := range []string{"node", "cni", "record", "routes", "masquerade"} {
+			if e, ok := p.Errors[part]; ok {
+				fmt.Fprintf(w, "%s: %s\n", part, e)
+			}
+		}
+	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/store/file"
 	"github.com/kopsnode/agents/protokube/gossipkeys"
+	"github.com/kopsnode/agents/protokube/podnet"
 )
 
 const startCluster = "start.k8s.local"
@@ -220,5 +222,21 @@ func TestControlPlaneCreatesTheKeyring(t *testing.T) {
 	}
 	if first.Primary != second.Primary || second.NumKeys != 1 {
 		t.Fatalf("the second control-plane node changed the keyring: %+v then %+v", first, second)
+	}
+}
+
+// The human status shows the pod network: range, routes, waiting reason.
+func TestPrintStatusPodNetwork(t *testing.T) {
+	var b bytes.Buffer
+	st := Status{Node: "a", PodNet: &podnet.Status{Node: "a", Via: "10.0.0.1", Syncs: 3,
+		Routes: []podnet.Route{{Dst: netip.MustParsePrefix("100.96.2.0/24"), Via: netip.MustParseAddr("10.0.0.2"), Owner: "b"}},
+		Errors: map[string]string{"node": "no pod range allocated yet: Node a is not registered"}}}
+	if err := PrintStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"POD NETWORK node a, range (not allocated yet) via 10.0.0.1", "100.96.2.0/24  10.0.0.2  b", "node: no pod range allocated yet"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
 	}
 }
