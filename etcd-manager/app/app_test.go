@@ -3,6 +3,8 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -70,16 +72,18 @@ func TestCtlSpec(t *testing.T) {
 }
 
 // TestRunAndStatus runs the real `etcd-manager run` command in-process (one
-// member, static discovery), then `etcd-manager status`, /metrics and
-// `etcd-manager-ctl status` against it.
+// member, static discovery, the spec seeded from its flags as nodeup passes
+// them, etcd also serving on a second local address), then `etcd-manager
+// status`, /metrics and `etcd-manager-ctl status` against it.
 func TestRunAndStatus(t *testing.T) {
 	testtools.EtcdBinDir(t, version)
 	dir := t.TempDir()
 	storeURL := "file://" + filepath.Join(dir, "store")
 	ctl := EtcdManagerCtl()
-	if _, errs, code := run(t, ctl, "set-spec", "--store", storeURL, "--cluster-name", "c.example", "--members", "1", "--version", version); code != 0 {
-		// The file store's root must exist.
-		t.Fatalf("set-spec: %d %s", code, errs)
+	// The file store's root must exist; no spec is written: the seed flags
+	// provide it.
+	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	metrics := "127.44.14.2:13991"
 	apiDir := filepath.Join(dir, "kube-apiserver", "etcd-main")
@@ -95,6 +99,9 @@ func TestRunAndStatus(t *testing.T) {
 			"--tick", "500ms", "--lease-duration", "2s", "--metrics-addr", metrics, "--etcd-log-level", "warn",
 			"--hosts-file", filepath.Join(dir, "hosts"),
 			"--apiserver-client-cert-dir", apiDir,
+			"--seed-members", "1", "--seed-etcd-version", version,
+			// Not 127.0.0.1: tests of other packages may use its port.
+			"--local-client-address", "127.44.14.3",
 		})
 	}()
 	t.Cleanup(func() {
@@ -170,6 +177,13 @@ func TestRunAndStatus(t *testing.T) {
 			t.Errorf("--apiserver-client-cert-dir: %v", err)
 		}
 	}
+	if out, errs, code := run(t, ctl, "get-spec", "--store", storeURL, "--cluster-name", "c.example", "-o", "json"); code != 0 || !strings.Contains(out, `"memberCount": 1`) || !strings.Contains(out, `"etcdVersion": "`+version+`"`) {
+		t.Errorf("the spec seeded from the flags: %d %q %q", code, out, errs)
+	}
+	// etcd answers on --local-client-address with the API server's files.
+	if err := etcdHealth("https://127.44.14.3:14001", apiDir); err != nil {
+		t.Errorf("etcd on --local-client-address: %v", err)
+	}
 	hosts, _ := readFile(filepath.Join(dir, "hosts"))
 	if !strings.Contains(hosts, "127.44.14.2\tetcd-a.internal.c.example") {
 		t.Errorf("hosts file: %q", hosts)
@@ -178,4 +192,30 @@ func TestRunAndStatus(t *testing.T) {
 	if _, errs, code := run(t, EtcdManager(), "status", "--addr", "127.44.14.2:1"); code != 1 || !strings.Contains(errs, "127.44.14.2:1") {
 		t.Errorf("status of nothing: %d %q", code, errs)
 	}
+}
+
+// etcdHealth GETs /health of an etcd client URL with the API server's
+// files from dir.
+func etcdHealth(url, dir string) error {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "etcd-client.crt"), filepath.Join(dir, "etcd-client.key"))
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "etcd-ca.crt"))
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	resp, err := c.Get(url + "/health")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"health":"true"`) {
+		return fmt.Errorf("%s/health: %s %s", url, resp.Status, body)
+	}
+	return nil
 }

@@ -187,6 +187,10 @@ func (m *Manager) Self() discovery.Peer {
 
 func (m *Manager) subject() certSubject {
 	s := certSubject{id: m.state.ID, dnsNames: []string{m.cfg.MemberName(m.state.ID)}, ips: []net.IP{net.ParseIP(m.cfg.Address)}}
+	// Clients of the local listener verify etcd against that address.
+	if ip := net.ParseIP(m.cfg.LocalClientAddress); ip != nil && !ip.Equal(net.ParseIP(m.cfg.Address)) {
+		s.ips = append(s.ips, ip)
+	}
 	for _, san := range m.cfg.ExtraSANs {
 		if ip := net.ParseIP(san); ip != nil {
 			s.ips = append(s.ips, ip)
