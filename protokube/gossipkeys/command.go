@@ -27,19 +27,22 @@ type subcommand struct {
 }
 
 type options struct {
-	storeURL, cluster, out, step string
+	store              storeurl.Settings
+	cluster, out, step string
 }
 
 func (o *options) common(fs *flag.FlagSet) {
-	fs.StringVar(&o.storeURL, "store", "", "state store URL (file:///path, s3://bucket/prefix, gs://bucket/prefix)")
+	o.store.AddFlags(fs) // the same store flags as the daemons
 	fs.StringVar(&o.cluster, "cluster", "", "cluster name (for example example.k8s.local); the keyring is <cluster>/secrets/gossip-keys")
 	fs.StringVar(&o.out, "o", "text", "output format: text or json")
 }
 
 func (o *options) validate(needStep bool) error {
 	var errs []error
-	if o.storeURL == "" {
+	if o.store.URL == "" {
 		errs = append(errs, errors.New("--store: required"))
+	} else if err := o.store.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.cluster == "" || strings.Contains(o.cluster, "/") {
 		errs = append(errs, fmt.Errorf("--cluster: %q must be a name without slashes", o.cluster))
@@ -132,13 +135,9 @@ func run(ctx context.Context, env *cli.Env, args []string) error {
 	if err := o.validate(sub.name == "rotate"); err != nil {
 		return fmt.Errorf("%s: %v: %w", sub.name, err, cli.ErrUsage)
 	}
-	opts, err := storeurl.OptionsFromEnv()
+	st, err := o.store.Open(ctx)
 	if err != nil {
-		return err
-	}
-	st, err := storeurl.Open(ctx, o.storeURL, opts)
-	if err != nil {
-		return fmt.Errorf("opening state store %s: %w", o.storeURL, err)
+		return fmt.Errorf("opening state store %s: %w", o.store.URL, err)
 	}
 	defer st.Close()
 	if err := sub.run(ctx, env, &o, ForCluster(st, o.cluster)); err != nil {
