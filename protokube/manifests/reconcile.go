@@ -255,6 +255,10 @@ func (r *Reconciler) Pass(ctx context.Context) Status {
 
 	results := make([]applied, 0, len(objs))
 	for _, o := range objs {
+		if ctx.Err() != nil {
+			// Shutting down: a half pass is not a result.
+			return r.Status()
+		}
 		res, rv, err := r.apply(ctx, dc, o)
 		results = append(results, applied{obj: o, result: res, rv: rv, err: err})
 		r.applies.WithLabelValues(o.Kind, res).Inc()
@@ -265,9 +269,12 @@ func (r *Reconciler) Pass(ctx context.Context) Status {
 			r.log.Info("applied a system manifest", "object", o.Key(), "result", res, "hash", o.Hash[:12])
 		}
 	}
-	if len(inputErrs) == 0 && ctx.Err() == nil {
+	if ctx.Err() != nil {
+		return r.Status()
+	}
+	if len(inputErrs) == 0 {
 		r.prune(ctx, dc, objs)
-	} else if len(inputErrs) > 0 {
+	} else {
 		r.log.Warn("not every input could be read; applied the rest and pruned nothing", "errors", inputErrs)
 	}
 	return r.finish(start, cluster, host, true, nil, inputErrs, results)
