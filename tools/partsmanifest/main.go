@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/kopsnode/agents/pkg/testtools/parts"
@@ -34,9 +35,9 @@ func run(dir string, etcdVersions []string) error {
 	if err := parts.WriteManifest(dir, m); err != nil {
 		return err
 	}
-	slog.Info("wrote parts manifest", "path", dir+"/"+parts.ManifestFile, "parts", len(m.Parts), "missing", len(missing))
-	for _, p := range missing {
-		slog.Info("not built (yet)", "path", p)
+	slog.Info("wrote parts manifest", "path", filepath.Join(dir, parts.ManifestFile), "parts", len(m.Parts), "not_built", len(missing))
+	if len(missing) > 0 {
+		slog.Info("parts not built (yet)", "paths", strings.Join(missing, " "))
 	}
 	return nil
 }
