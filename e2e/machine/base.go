@@ -42,8 +42,10 @@ const treeFormat = "2"
 // suite.
 const MirrorEnv = "KOPSNODE_E2E_MIRROR"
 
-// buildTimeout bounds one debootstrap run (about 40 s on a warm mirror).
-const buildTimeout = 15 * time.Minute
+// buildTimeout bounds one debootstrap run: about 40 s for the base tree on
+// a quiet machine and a warm mirror, but the node tree (cloud-init brings
+// python) took over 15 minutes while other builds loaded both cores.
+const buildTimeout = 30 * time.Minute
 
 // BaseTree returns the path of a Debian minbase tree with systemd, built once
 // with debootstrap and cached under $TOOLS_DIR/debootstrap. Concurrent test

@@ -248,3 +248,52 @@ func TestSweepStaleCgroups(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeTreeRunsUserdataWithCloudInit boots the node tree with a NoCloud
+// seed, as a cloud launches a machine with userdata: cloud-init runs the
+// script at first boot, and the node tools the agents call are there. A
+// blank loop device given to the machine is usable at its chosen path.
+func TestNodeTreeRunsUserdataWithCloudInit(t *testing.T) {
+	dev := testLoopDevice(t)
+	m := Boot(t, Options{
+		Tree: NodeTree(t),
+		Files: []File{
+			{Path: NoCloudSeedDir + "/meta-data", Data: []byte("instance-id: i-test\nlocal-hostname: ignored\n")},
+			{Path: NoCloudSeedDir + "/user-data", Data: []byte("#!/bin/sh\necho ran-by-cloud-init > /var/lib/userdata-proof\n")},
+		},
+		Devices:     []Bind{{Source: dev, Target: "/dev/etcd-test"}},
+		BootTimeout: 4 * time.Minute,
+	})
+	// cloud-final runs the script during boot; Boot waits for boot to end.
+	if got, err := m.Exec(context.Background(), "cat", "/var/lib/userdata-proof"); err != nil || got != "ran-by-cloud-init\n" {
+		st, _ := m.Exec(context.Background(), "cloud-init", "status", "--long")
+		t.Fatalf("userdata proof = %q, %v; cloud-init status:\n%s", got, err, st)
+	}
+	for _, tool := range []string{"iptables", "conntrack", "mkfs.ext4", "blkid", "modprobe", "mount", "socat"} {
+		if _, err := m.Exec(context.Background(), "sh", "-c", "command -v "+tool); err != nil {
+			t.Errorf("%s missing from the node tree", tool)
+		}
+	}
+	m.MustExec("mkfs.ext4", "-q", "/dev/etcd-test")
+	if got := strings.TrimSpace(m.MustExec("blkid", "-o", "value", "-s", "TYPE", "/dev/etcd-test")); got != "ext4" {
+		t.Errorf("filesystem on the machine's device = %q, want ext4", got)
+	}
+}
+
+func testLoopDevice(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return dev
+}
