@@ -26,8 +26,11 @@ bin/etcd-manager:
 bin/etcd-manager-ctl:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./etcd-manager/cmd/etcd-manager-ctl
 
-# Builds MinIO, fake-gcs-server, CoreDNS and etcd per version into $(TOOLS_DIR),
-# reusing what is cached there.
+# Builds the real parts the tests use into $(TOOLS_DIR), reusing what is cached
+# there: MinIO, fake-gcs-server, CoreDNS, etcd per version, the Kubernetes
+# commands, containerd, runc, the CNI plugins and the pause, CoreDNS and test
+# workload images, listed with their sha256 in $(TOOLS_DIR)/parts.json.
+# Cold: about 25 minutes on 2 cores (see docs/e2e.md, "Test tools").
 tools:
 	tools/build-test-tools.sh all
 

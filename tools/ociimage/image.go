@@ -304,7 +304,7 @@ func fileHeader(name string, mode, size int64) *tar.Header {
 func gzipBytes(b []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	// No name and a zero ModTime in the gzip header: reproducible.
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&buf, gzip.DefaultCompression)
 	if err != nil {
 		return nil, err
 	}
