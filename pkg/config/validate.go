@@ -17,7 +17,7 @@ import (
 // Supported Kubernetes minor versions, inclusive.
 const (
 	MinKubernetesMinor = 28
-	MaxKubernetesMinor = 34
+	MaxKubernetesMinor = 37
 )
 
 // SupportedEtcdVersions returns the etcd minor versions a cluster may run,
