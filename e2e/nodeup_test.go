@@ -13,18 +13,22 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/e2e/machine"
+	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/pki"
+	"github.com/kopsnode/agents/pkg/store/file"
 	"github.com/kopsnode/agents/pkg/testtools"
 )
 
 const (
 	e2eCluster = "e2e.k8s.local"
-	e2eGroup   = "control-plane-a"
+	e2eGroup   = "nodes"
 	bootConfig = "/etc/nodeup/boot.yaml"
 )
 
-// The daemons nodeup starts on a control-plane node of this configuration.
-var daemons = []string{"containerd.service", "kubelet.service", "protokube.service", "protokube-etcd-volumes.service"}
+// The daemons nodeup starts on a worker of this configuration (protokube
+// for gossip and kubenet pod routes).
+var daemons = []string{"containerd.service", "kubelet.service", "protokube.service"}
 
 // unitRun identifies one activation of a unit: a restart changes both.
 type unitRun struct {
@@ -55,10 +59,9 @@ func (f *nodeFixture) fakeAsset(name string) []byte {
 // standardAssets sets the assets the model needs.
 func (f *nodeFixture) standardAssets() {
 	f.blobs = map[string][]byte{
-		"kubelet":      f.fakeAsset("kubelet"),
-		"runc":         f.fakeAsset("runc"),
-		"protokube":    f.fakeAsset("protokube"),
-		"etcd-manager": f.fakeAsset("etcd-manager"),
+		"kubelet":   f.fakeAsset("kubelet"),
+		"runc":      f.fakeAsset("runc"),
+		"protokube": f.fakeAsset("protokube"),
 		"containerd": testtools.TarGz(f.t, map[string][]byte{
 			"bin/containerd":              f.fakeAsset("containerd"),
 			"bin/containerd-shim-runc-v2": f.fakeAsset("shim"),
@@ -75,7 +78,7 @@ func (f *nodeFixture) standardAssets() {
 // mirror would, and returns them as node configuration entries.
 func (f *nodeFixture) assetList() string {
 	var b strings.Builder
-	for _, name := range []string{"kubelet", "runc", "protokube", "etcd-manager", "containerd", "cni-plugins"} {
+	for _, name := range []string{"kubelet", "runc", "protokube", "containerd", "cni-plugins"} {
 		sum := sha256Hex(f.blobs[name])
 		path := name + "-" + sum[:12]
 		f.assets.set(path, f.blobs[name])
@@ -87,8 +90,8 @@ func (f *nodeFixture) assetList() string {
 	return b.String()
 }
 
-// nodeConfig renders the control-plane node configuration; maxPods is the
-// knob the update step turns.
+// nodeConfig renders the worker node configuration; maxPods is the knob
+// the update step turns.
 func nodeConfig(assets string, maxPods int) []byte {
 	return []byte(`apiVersion: agents.kopsnode.io/v1alpha1
 kind: NodeConfig
@@ -96,22 +99,15 @@ metadata:
   name: ` + e2eGroup + `
 spec:
   clusterName: ` + e2eCluster + `
-  role: control-plane
+  role: node
   kubernetesVersion: 1.32.4
   assets:
 ` + assets + `  kubelet:
-    apiServer: https://127.0.0.1
+    apiServer: https://api.internal.` + e2eCluster + `
     maxPods: ` + fmt.Sprint(maxPods) + `
   networking:
     mode: kubenet
-    podCIDR: 100.96.1.0/24
-  etcdClusters:
-    - name: main
-      members: 1
-      version: 3.6.16
-    - name: events
-      members: 1
-      version: 3.6.16
+    podCIDR: 100.96.0.0/11
   gossip:
     seeds: store
 `)
@@ -168,6 +164,7 @@ func (f *nodeFixture) requireActive(units ...string) {
 
 func newNodeFixture(t *testing.T) *nodeFixture {
 	f := &nodeFixture{t: t, storeDir: t.TempDir()}
+	stageControlPlaneOutputs(t, f.storeDir)
 	fakePath := buildBinary(t, "e2e/fakeservice")
 	f.nodeup = buildBinary(t, "nodeup/cmd/nodeup")
 	var err error
@@ -178,6 +175,29 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// stageControlPlaneOutputs writes what the first control-plane node
+// publishes for workers: the kubernetes CA (a worker reads only its public
+// certificate) and the node bootstrap token.
+func stageControlPlaneOutputs(t *testing.T, storeDir string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := file.New(storeDir, file.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ks, err := pki.NewKeystore(st, e2eCluster+"/pki", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.EnsureCA(ctx, pki.CAKubernetes, pki.CAOptions{}); err != nil {
+		t.Fatalf("staging the kubernetes CA: %v", err)
+	}
+	if _, _, err := bootstraptoken.Ensure(ctx, st, e2eCluster); err != nil {
+		t.Fatalf("staging the bootstrap token: %v", err)
+	}
 }
 
 // renderBootstrap renders the userdata with nodeup itself, as the tool
