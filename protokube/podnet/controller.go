@@ -215,7 +215,10 @@ func (c *Controller) pass(ctx context.Context, full bool) {
 
 	own, _ := netip.ParsePrefix(prev.Range)
 	cniPath := prev.CNIConfig
-	if full || !own.IsValid() {
+	// Only full passes ask the API server (every 2 s while the range is
+	// unknown, every Resync after); record changes, which come in bursts
+	// when nodes join, only re-route.
+	if full {
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		got, err := c.deps.Nodes.PodCIDR(ctx)
 		cancel()
