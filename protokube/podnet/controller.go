@@ -59,6 +59,11 @@ type Controller struct {
 	st Status
 }
 
+// failingMasq stands in for iptables when the command is missing.
+type failingMasq struct{ err error }
+
+func (f failingMasq) Ensure(context.Context, netip.Prefix, netip.Prefix) error { return f.err }
+
 // Status is what the controller last did, for /status and `protokube status`.
 type Status struct {
 	Node string `json:"node"`
@@ -105,9 +110,13 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Controller, error) {
 	if deps.Masq == nil {
 		ipt, err := NewIPTables()
 		if err != nil {
-			return nil, err
+			// Routes, the CNI configuration and gossip (the node's
+			// discovery) still work without iptables: run degraded, with
+			// the cause in every pass's masquerade error and in /healthz.
+			deps.Masq = failingMasq{err}
+		} else {
+			deps.Masq = ipt
 		}
-		deps.Masq = ipt
 	}
 	if deps.WriteFile == nil {
 		deps.WriteFile = pki.WriteFileAtomic

@@ -229,3 +229,24 @@ func (n *nodeSwitch) PodCIDR(ctx context.Context) (netip.Prefix, error) {
 	defer n.mu.Unlock()
 	return StaticNode(n.p).PodCIDR(ctx)
 }
+
+// Without iptables the controller still runs (routes, CNI configuration)
+// and reports the masquerade failure in its status and health.
+func TestControllerWithoutIPTablesRunsDegraded(t *testing.T) {
+	a := newTable(t, "a")
+	cfg := DefaultConfig()
+	cfg.Mode, cfg.ClusterCIDR, cfg.NonMasqueradeCIDR, cfg.CNIConfDir = ModeKubenet, "100.96.0.0/11", "100.64.0.0/10", t.TempDir()
+	c, err := Start(context.Background(), cfg, Deps{Table: a, Addr: addr("10.0.0.1"), Nodes: StaticNode(pfx("100.96.1.0/24")),
+		Routes: &fakeRoutes{routes: map[netip.Prefix]netip.Addr{}}, Masq: failingMasq{errors.New("iptables: executable file not found")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st := c.Status()
+	if st.Range != "100.96.1.0/24" || st.CNIConfig == "" {
+		t.Fatalf("status %+v", st)
+	}
+	if err := c.Health(); err == nil || !strings.Contains(err.Error(), "masquerade") || !strings.Contains(err.Error(), "iptables") {
+		t.Fatalf("health %v", err)
+	}
+}
