@@ -27,6 +27,9 @@ const (
 	RuncBin            = "/usr/local/sbin/runc"
 	ShimBin            = "/usr/local/bin/containerd-shim-runc-v2"
 	CtrBin             = "/usr/local/bin/ctr"
+	// ContainerdContentDir is the content store under containerd's default
+	// root, which the rendered configuration keeps.
+	ContainerdContentDir = "/var/lib/containerd/io.containerd.content.v1.content"
 )
 
 func (containerdBuilder) Build(in *Input, c *Collector) error {
@@ -288,7 +291,7 @@ func (imagesBuilder) Build(in *Input, c *Collector) error {
 			return fmt.Errorf("spec.assets: %s is an OCI image archive, imported as it is: remove extract: true", n)
 		}
 		if err := c.Add(&tasks.ImageImport{
-			Asset: a, Ctr: CtrBin, Socket: kuberender.ContainerdSocket,
+			Asset: a, Ctr: CtrBin, Socket: kuberender.ContainerdSocket, ContentDir: ContainerdContentDir,
 			Needs: []string{tasks.FileID(CtrBin), tasks.UnitID("containerd.service")},
 		}); err != nil {
 			return err

@@ -19,7 +19,8 @@ import (
 )
 
 // ImagesStampDir holds one stamp per imported image archive, named by the
-// archive's sha256 and listing the image names it held.
+// archive's sha256 and listing the images it held ("<name> <manifest
+// digest>" lines).
 const ImagesStampDir = "/var/lib/nodeup/images"
 
 // CRINamespace is the containerd namespace the kubelet's images live in.
@@ -35,14 +36,18 @@ func ImageImportID(asset string) string { return "image:" + asset }
 // k8s.io namespace, pinned, so that pods can use it without a registry.
 // Imports need the running containerd: on a root that is not a live
 // systemd (an image being baked) the task does nothing, and the node's
-// first boot run imports. A stamp keyed by the archive's sha256 makes
-// re-runs cheap; on a live node the names are also checked with
-// `ctr images ls` so that a wiped containerd store is re-imported.
+// first boot run imports. A stamp keyed by the archive's sha256, and the
+// images' manifests in containerd's content store, make re-runs cheap (no
+// command runs when nothing is to import); a wiped containerd store is
+// imported again.
 type ImageImport struct {
 	Asset *Asset
 	// Ctr is the ctr binary; Socket containerd's socket.
 	Ctr, Socket string
-	Needs       []string
+	// ContentDir is containerd's content store
+	// (<root>/io.containerd.content.v1.content).
+	ContentDir string
+	Needs      []string
 }
 
 func (t *ImageImport) ID() string          { return ImageImportID(t.Asset.Name) }
@@ -78,8 +83,10 @@ func (t *ImageImport) Find(ctx context.Context, env *engine.Env) (engine.Diff, e
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		d.Reason = "not imported yet"
-		if names, err := t.names(env); err == nil {
-			d.Images = names
+		if images, err := t.images(env); err == nil {
+			for _, im := range images {
+				d.Images = append(d.Images, im.Name)
+			}
 		} else if !env.DryRun {
 			return nil, err
 		}
@@ -87,27 +94,35 @@ func (t *ImageImport) Find(ctx context.Context, env *engine.Env) (engine.Diff, e
 	case err != nil:
 		return nil, err
 	}
-	names := strings.Fields(string(stamp))
-	if env.DryRun {
-		return nil, nil
-	}
-	out, err := env.Exec.Run(ctx, t.Ctr, "--address", t.Socket, "-n", CRINamespace, "images", "ls", "-q")
-	if err != nil {
-		return nil, fmt.Errorf("listing containerd images: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	have := strings.Fields(string(out))
-	for _, n := range names {
-		if !slices.Contains(have, n) {
-			d.Reason = n + " missing from containerd"
-			d.Images = names
+	images := parseStamp(stamp)
+	for _, im := range images {
+		if hex, ok := strings.CutPrefix(im.Digest, "sha256:"); !ok || !env.FS.Exists(path.Join(t.ContentDir, "blobs", "sha256", hex)) {
+			d.Reason = im.Name + " missing from containerd's content store"
+			for _, im := range images {
+				d.Images = append(d.Images, im.Name)
+			}
 			return d, nil
 		}
+	}
+	if len(images) == 0 {
+		d.Reason = "unreadable stamp " + t.stampPath()
+		return d, nil
 	}
 	return nil, nil
 }
 
+func parseStamp(b []byte) []OCIImage {
+	var out []OCIImage
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 {
+			out = append(out, OCIImage{Name: f[0], Digest: f[1]})
+		}
+	}
+	return out
+}
+
 func (t *ImageImport) Apply(ctx context.Context, env *engine.Env, _ engine.Diff) error {
-	names, err := t.names(env)
+	images, err := t.images(env)
 	if err != nil {
 		return err
 	}
@@ -120,14 +135,19 @@ func (t *ImageImport) Apply(ctx context.Context, env *engine.Env, _ engine.Diff)
 		// containerd may still be starting: retried by the engine.
 		return fmt.Errorf("importing image asset %s: %v: %s", t.Asset.Name, err, strings.TrimSpace(string(out)))
 	}
+	var stamp strings.Builder
+	var names []string
+	for _, im := range images {
+		fmt.Fprintf(&stamp, "%s %s\n", im.Name, im.Digest)
+		names = append(names, im.Name)
+	}
 	env.Log.Info("imported images", "asset", t.Asset.Name, "images", names)
-	return env.FS.WriteFile(t.stampPath(), []byte(strings.Join(names, "\n")+"\n"), 0o644, fsroot.RootOwner)
+	return env.FS.WriteFile(t.stampPath(), []byte(stamp.String()), 0o644, fsroot.RootOwner)
 }
 
-// names reads the image names an OCI image-layout archive declares in its
-// index.json (annotation io.containerd.image.name, else
-// org.opencontainers.image.ref.name), the names `ctr images import` gives.
-func (t *ImageImport) names(env *engine.Env) ([]string, error) {
+// images reads the images an OCI image-layout archive declares in its
+// index.json.
+func (t *ImageImport) images(env *engine.Env) ([]OCIImage, error) {
 	p, err := env.FS.Path(t.Asset.CachePath())
 	if err != nil {
 		return nil, err
@@ -137,16 +157,26 @@ func (t *ImageImport) names(env *engine.Env) ([]string, error) {
 		return nil, fmt.Errorf("image asset %s: %w", t.Asset.Name, err)
 	}
 	defer f.Close()
-	names, err := OCIArchiveImageNames(f)
+	images, err := OCIArchiveImages(f)
 	if err != nil {
 		return nil, &engine.Permanent{Err: fmt.Errorf("image asset %s (%s): %w", t.Asset.Name, t.Asset.CachePath(), err)}
 	}
-	return names, nil
+	return images, nil
 }
 
-// OCIArchiveImageNames returns the image names in an OCI image-layout tar's
-// index.json, sorted.
-func OCIArchiveImageNames(r io.Reader) ([]string, error) {
+// OCIImage is one image of an OCI image-layout archive.
+type OCIImage struct {
+	// Name is the name `ctr images import` gives it: the annotation
+	// io.containerd.image.name, else a full reference in
+	// org.opencontainers.image.ref.name.
+	Name string
+	// Digest is its manifest's (or index's) digest, "sha256:<hex>".
+	Digest string
+}
+
+// OCIArchiveImages returns the named images in an OCI image-layout tar's
+// index.json, sorted by name.
+func OCIArchiveImages(r io.Reader) ([]OCIImage, error) {
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -161,13 +191,14 @@ func OCIArchiveImageNames(r io.Reader) ([]string, error) {
 		}
 		var idx struct {
 			Manifests []struct {
+				Digest      string            `json:"digest"`
 				Annotations map[string]string `json:"annotations"`
 			} `json:"manifests"`
 		}
 		if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&idx); err != nil {
 			return nil, fmt.Errorf("index.json: %w", err)
 		}
-		var names []string
+		var images []OCIImage
 		for _, m := range idx.Manifests {
 			n := m.Annotations["io.containerd.image.name"]
 			if ref := m.Annotations["org.opencontainers.image.ref.name"]; n == "" && strings.Contains(ref, "/") {
@@ -175,14 +206,18 @@ func OCIArchiveImageNames(r io.Reader) ([]string, error) {
 				// without ctr's --base-name.
 				n = ref
 			}
-			if n != "" && !slices.Contains(names, n) {
-				names = append(names, n)
+			if n == "" || slices.ContainsFunc(images, func(im OCIImage) bool { return im.Name == n }) {
+				continue
 			}
+			if !strings.HasPrefix(m.Digest, "sha256:") {
+				return nil, fmt.Errorf("index.json: image %s has digest %q, want sha256:<hex>", n, m.Digest)
+			}
+			images = append(images, OCIImage{Name: n, Digest: m.Digest})
 		}
-		if len(names) == 0 {
+		if len(images) == 0 {
 			return nil, errors.New("index.json names no image (annotation io.containerd.image.name)")
 		}
-		sort.Strings(names)
-		return names, nil
+		sort.Slice(images, func(i, j int) bool { return images[i].Name < images[j].Name })
+		return images, nil
 	}
 }
