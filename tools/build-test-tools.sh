@@ -58,13 +58,12 @@ TMPS=()
 cleanup() { if ((${#TMPS[@]})); then rm -rf "${TMPS[@]}"; fi; }
 trap cleanup EXIT
 
-# new_tmp NAME: a fresh temporary directory on the cache's filesystem (so the
-# final mv is a rename), removed on exit if still there.
+# new_tmp NAME: sets NEW_TMP to a fresh temporary directory on the cache's
+# filesystem (so the final mv is a rename), removed on exit if still there.
+# Not called as $(new_tmp): a subshell would not record it in TMPS.
 new_tmp() {
-	local d
-	d="$(mktemp -d "$TOOLS_DIR/.tmp-$1-XXXXXX")"
-	TMPS+=("$d")
-	echo "$d"
+	NEW_TMP="$(mktemp -d "$TOOLS_DIR/.tmp-$1-XXXXXX")"
+	TMPS+=("$NEW_TMP")
 }
 
 # cached DIR STAMP FILE...: DIR's stamp says STAMP and every FILE is there.
@@ -99,7 +98,8 @@ go_install() {
 	fi
 	log "$name $ver: building (this can take minutes)"
 	local tmp start=$SECONDS
-	tmp="$(new_tmp "$name")"
+	new_tmp "$name"
+	tmp="$NEW_TMP"
 	GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install "$pkg@$ver"
 	mv -f "$tmp/$name" "$TOOLS_DIR/bin/$name"
 	echo "$pkg@$ver" >"$stamp"
@@ -117,8 +117,10 @@ build_etcd() {
 	fi
 	log "etcd $ver: building"
 	local src out start=$SECONDS
-	src="$(new_tmp "etcd-src")"
-	out="$(new_tmp "etcd")"
+	new_tmp "etcd-src"
+	src="$NEW_TMP"
+	new_tmp "etcd"
+	out="$NEW_TMP"
 	cat >"$src/main.go" <<GO
 package main
 
@@ -154,8 +156,10 @@ build_kubernetes() {
 	fi
 	log "kubernetes v$ver: building (cold: about 15 minutes on 2 cores)"
 	local src out gomod start=$SECONDS
-	src="$(new_tmp kubernetes-src)"
-	out="$(new_tmp kubernetes)"
+	new_tmp kubernetes-src
+	src="$NEW_TMP"
+	new_tmp kubernetes
+	out="$NEW_TMP"
 	local pkgs=() b
 	for b in "${KUBERNETES_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
 	gomod="$(cd "$src" && go list -m -f '{{.GoMod}}' "k8s.io/kubernetes@v$ver")"
@@ -188,7 +192,8 @@ build_containerd() {
 	fi
 	log "containerd v$ver: building"
 	local out start=$SECONDS pkgs=()
-	out="$(new_tmp containerd)"
+	new_tmp containerd
+	out="$NEW_TMP"
 	for b in "${CONTAINERD_BINARIES[@]}"; do pkgs+=("github.com/containerd/containerd/v2/cmd/$b@v$ver"); done
 	GOBIN="$out/bin" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install -trimpath -tags no_btrfs \
 		-ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=v$ver" "${pkgs[@]}"
@@ -211,7 +216,8 @@ build_runc() {
 		exit 1
 	fi
 	local out start=$SECONDS
-	out="$(new_tmp runc)"
+	new_tmp runc
+	out="$NEW_TMP"
 	GOBIN="$out" CGO_ENABLED=1 GOFLAGS=-buildvcs=false go install -trimpath \
 		-tags "seccomp urfave_cli_no_docs netgo osusergo" \
 		-ldflags "-s -w -X main.version=$ver -extldflags -static" \
@@ -232,7 +238,8 @@ build_cni() {
 	fi
 	log "cni plugins v$ver: building"
 	local out start=$SECONDS pkgs=()
-	out="$(new_tmp cni)"
+	new_tmp cni
+	out="$NEW_TMP"
 	for p in "${CNI_PLUGINS[@]}"; do pkgs+=("github.com/containernetworking/plugins/plugins/$p@v$ver"); done
 	GOBIN="$out" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install -trimpath \
 		-ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=v$ver" "${pkgs[@]}"
@@ -246,7 +253,8 @@ build_cni() {
 build_images() {
 	go_install github.com/coredns/coredns "$COREDNS_VERSION" coredns
 	local dir="$TOOLS_DIR/images" out start=$SECONDS
-	out="$(new_tmp images)"
+	new_tmp images
+	out="$NEW_TMP"
 	(cd "$REPO" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$out/" \
 		./tools/ociimage ./tools/images/pause ./tools/images/testapp)
 	local sums
