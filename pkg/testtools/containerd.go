@@ -62,19 +62,23 @@ type containerdGRPC struct {
 // hostPluginsOff are the plugins a bare containerd needs not and that would
 // touch host-wide paths (/opt/containerd, /var/run/nri, /etc/cdi, CNI and
 // CRI state).
-var hostPluginsOff = []string{
-	"io.containerd.grpc.v1.cri",
-	"io.containerd.cri.v1.images",
-	"io.containerd.cri.v1.runtime",
-	"io.containerd.podsandbox.controller.v1.podsandbox",
-	"io.containerd.nri.v1.nri",
-	"io.containerd.internal.v1.opt",
-	"io.containerd.image-verifier.v1.bindir",
+func hostPluginsOff() []string {
+	return []string{
+		"io.containerd.grpc.v1.cri",
+		"io.containerd.cri.v1.images",
+		"io.containerd.cri.v1.runtime",
+		"io.containerd.podsandbox.controller.v1.podsandbox",
+		"io.containerd.nri.v1.nri",
+		"io.containerd.internal.v1.opt",
+		"io.containerd.image-verifier.v1.bindir",
+	}
 }
 
 // hostPaths are host-wide directories a containerd with default settings
 // writes; the harness must leave them as it found them.
-var hostPaths = []string{"/run/containerd", "/var/lib/containerd", "/opt/containerd", "/var/run/nri"}
+func hostPaths() []string {
+	return []string{"/run/containerd", "/var/lib/containerd", "/opt/containerd", "/var/run/nri"}
+}
 
 // StartContainerd starts containerd and waits until ctr reaches it. It
 // needs root.
@@ -101,10 +105,10 @@ func StartContainerd(t testing.TB) *Containerd {
 		t.Fatalf("containerd: %v", err)
 	}
 	c.socketDir = sd
-	before := existing(hostPaths)
+	before := existing(hostPaths())
 	t.Cleanup(func() {
 		c.cleanup(t)
-		for _, p := range hostPaths {
+		for _, p := range hostPaths() {
 			if _, err := os.Stat(p); err == nil && !before[p] {
 				t.Errorf("containerd harness left %s behind on the host", p)
 			}
@@ -117,7 +121,7 @@ func StartContainerd(t testing.TB) *Containerd {
 		State:   c.state,
 		// No drop-ins from the host's /etc/containerd/conf.d.
 		Imports:         []string{},
-		DisabledPlugins: hostPluginsOff,
+		DisabledPlugins: hostPluginsOff(),
 		GRPC:            containerdGRPC{Address: c.Address},
 		Plugins: map[string]map[string]any{
 			"io.containerd.shim.v1.manager": {"socket_dir": c.socketDir},
