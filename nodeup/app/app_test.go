@@ -85,7 +85,7 @@ func TestApplyConvergesAndRerunChangesNothing(t *testing.T) {
 	}
 	calls := f.systemd.Calls()
 	started := nodeuptest.Changing(calls, "start")
-	want := []string{"containerd.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service", "kubelet.service", "protokube-etcd-volumes.service", "protokube.service"}
+	want := []string{"containerd.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service", "kubelet.service", "protokube-etcd-volumes.service", "protokube-manifests.service", "protokube.service"}
 	if strings.Join(started, ",") != strings.Join(want, ",") {
 		t.Fatalf("started %v, want %v", started, want)
 	}
