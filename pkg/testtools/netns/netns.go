@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -118,6 +119,7 @@ func NewWith(t testing.TB, opts Options) *Network {
 	}
 	if opts.HostLink {
 		nw.HostAddr = last.Prev()
+		sweepStaleHostLinks(t, nw.HostAddr)
 		link := nw.ID + "-h"
 		run(t, "ip", "link", "add", link, "type", "veth", "peer", "name", "host", "netns", nw.bridge)
 		t.Cleanup(func() {
@@ -146,6 +148,42 @@ func NewWith(t testing.TB, opts Options) *Network {
 		nw.Hosts = append(nw.Hosts, h)
 	}
 	return nw
+}
+
+// staleLink matches the host links and namespaces this package names.
+var staleLink = regexp.MustCompile(`^(kn[0-9a-f]{6})-h$`)
+
+// sweepStaleHostLinks removes a host link of an earlier network that holds
+// addr, with that network's namespaces: a test binary killed before its
+// cleanup leaves them, and two links with one address make the host's
+// replies leave through the dead one. Two live networks cannot share a
+// host address, so a holder is always stale; one this package did not
+// make is an error naming it.
+func sweepStaleHostLinks(t testing.TB, addr netip.Addr) {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "-4", "addr", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("netns: listing addresses: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[3], addr.String()+"/") {
+			continue
+		}
+		name, _, _ := strings.Cut(f[1], "@")
+		m := staleLink.FindStringSubmatch(name)
+		if m == nil {
+			t.Fatalf("netns: %s is already assigned to %s in this namespace; remove it or choose another prefix", addr, name)
+		}
+		t.Logf("netns: removing stale host link %s and namespaces %s-* of a test that did not clean up", name, m[1])
+		exec.Command("ip", "link", "del", name).Run()
+		nsList, _ := exec.Command("ip", "netns", "list").Output()
+		for _, l := range strings.Split(string(nsList), "\n") {
+			if ns := strings.Fields(l); len(ns) > 0 && strings.HasPrefix(ns[0], m[1]+"-") {
+				exec.Command("ip", "netns", "del", ns[0]).Run()
+			}
+		}
+	}
 }
 
 // lastAddr is the last usable address of an IPv4 prefix (before broadcast).

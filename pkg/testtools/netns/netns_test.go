@@ -156,3 +156,48 @@ func TestHostLinkAndGateway(t *testing.T) {
 		t.Fatalf("gateway namespace forwards (ip_forward=%q, %v): traffic could leave the test's namespaces", fwd, err)
 	}
 }
+
+// TestHostLinkSweepsStaleLink: a host link and namespace left with the same
+// address by a killed test are removed, and the new network works.
+func TestHostLinkSweepsStaleLink(t *testing.T) {
+	prefix := netip.MustParsePrefix("10.239.8.0/24")
+	stale := "kn0badc0"
+	for _, args := range [][]string{
+		{"netns", "add", stale + "-br"},
+		{"link", "add", stale + "-h", "type", "veth", "peer", "name", "host", "netns", stale + "-br"},
+		{"addr", "add", "10.239.8.253/24", "dev", stale + "-h"},
+		{"link", "set", stale + "-h", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", stale+"-h").Run()
+		exec.Command("ip", "netns", "del", stale+"-br").Run()
+	})
+	nw := NewWith(t, Options{Hosts: 1, Prefix: prefix, HostLink: true})
+	if Exists(stale + "-br") {
+		t.Errorf("stale namespace %s-br was kept", stale)
+	}
+	if out, _ := exec.Command("ip", "link", "show", stale+"-h").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Errorf("stale link kept: %s", out)
+	}
+	ln, err := net.Listen("tcp", nw.HostAddr.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := nw.Hosts[0].DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("host cannot reach the test process after the sweep: %v", err)
+	}
+	c.Close()
+}
