@@ -110,12 +110,17 @@ func bridgeFile(name, bridge string, prefix netip.Prefix, mtu int) (File, error)
 		"name":       name,
 		"plugins": []any{
 			m{
-				"type":             "bridge",
-				"bridge":           bridge,
-				"isDefaultGateway": true,
-				"ipMasq":           false,
-				"hairpinMode":      true,
-				"mtu":              mtu,
+				"type":   "bridge",
+				"bridge": bridge,
+				// The bridge holds the range's gateway address; the default
+				// route comes from ipam's routes. isDefaultGateway would add
+				// that same route a second time, and the plugin then fails
+				// every pod with "file exists" (seen on the first booted
+				// cluster).
+				"isGateway":   true,
+				"ipMasq":      false,
+				"hairpinMode": true,
+				"mtu":         mtu,
 				"ipam": m{
 					"type":   "host-local",
 					"ranges": []any{[]any{m{"subnet": prefix.String()}}},
