@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 75m
 
 export TOOLS_DIR
 
-.PHONY: all build test lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
+.PHONY: all build test e2e-ha lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
 
 all: build
 
@@ -37,6 +37,11 @@ tools:
 # Every test of the project, with the real servers built by `make tools`.
 test: tools build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# The cluster test with three control-plane machines and a worker (CI runs
+# one plus one on its 2 cores).
+e2e-ha: tools build
+	KOPSNODE_E2E_CONTROL_PLANES=3 $(GO) test -count=1 -timeout 60m -run '^TestClusterOnBootedMachines$$' -v ./e2e
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \

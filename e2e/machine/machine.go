@@ -176,27 +176,46 @@ func (m *Machine) boot() error {
 // come back.
 func (m *Machine) Reboot() {
 	m.t.Helper()
+	m.PowerOff()
+	m.PowerOn()
+}
+
+// PowerOff shuts the machine down (systemd's poweroff) and leaves it off:
+// its tree stays for PowerOn. It fails the test when a process survives.
+func (m *Machine) PowerOff() {
+	m.t.Helper()
 	if m.stopped {
-		m.t.Fatalf("Reboot of machine %s after Stop", m.name)
+		m.t.Fatalf("PowerOff of machine %s after Stop", m.name)
 	}
 	if err := m.powerOff(); err != nil {
-		m.t.Fatalf("rebooting machine %s: %v", m.name, err)
+		m.t.Fatalf("powering off machine %s: %v", m.name, err)
 	}
 	if left := processesInNamespace(m.pidNS); len(left) > 0 {
-		m.t.Fatalf("rebooting machine %s: processes %v survived the poweroff", m.name, left)
+		m.t.Fatalf("powering off machine %s: processes %v survived the poweroff", m.name, left)
 	}
 	m.initPID, m.pidNS = 0, ""
-	// Fresh cgroups, as after a real reboot.
+}
+
+// PowerOn boots a machine that PowerOff stopped, on the same tree and with
+// fresh cgroups, as a machine powered on again.
+func (m *Machine) PowerOn() {
+	m.t.Helper()
+	if m.stopped || m.initPID != 0 {
+		m.t.Fatalf("PowerOn of machine %s that is running or stopped for good", m.name)
+	}
 	for _, c := range m.cgroups {
 		if err := removeCgroupTree(c); err != nil {
-			m.t.Fatalf("rebooting machine %s: %v", m.name, err)
+			m.t.Fatalf("powering on machine %s: %v", m.name, err)
 		}
 		if err := os.Mkdir(c, 0o755); err != nil {
-			m.t.Fatalf("rebooting machine %s: creating cgroup %s: %v", m.name, c, err)
+			m.t.Fatalf("powering on machine %s: creating cgroup %s: %v", m.name, c, err)
+		}
+		if err := inheritCpuset(filepath.Dir(c), c); err != nil {
+			m.t.Fatalf("powering on machine %s: %v", m.name, err)
 		}
 	}
 	if err := m.boot(); err != nil {
-		m.t.Fatalf("rebooting: %v", err)
+		m.t.Fatalf("powering on: %v", err)
 	}
 }
 
@@ -349,6 +368,9 @@ func (m *Machine) makeCgroups() error {
 			return fmt.Errorf("creating cgroup %s: %w", d, err)
 		}
 		m.cgroups = append(m.cgroups, d)
+		if err := inheritCpuset(parent, d); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -356,6 +378,22 @@ func (m *Machine) makeCgroups() error {
 type hierarchy struct {
 	mount string
 	id    string // "0::" for v2, "name=systemd" for the v1 systemd hierarchy
+}
+
+// inheritCpuset gives a new v1 cpuset cgroup its parent's CPUs and memory
+// nodes: a v1 cpuset starts empty, and no process can join it until both
+// are set.
+func inheritCpuset(parent, d string) error {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(parent, f))
+		if err != nil {
+			continue // not a cpuset hierarchy
+		}
+		if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
+			return fmt.Errorf("setting %s of %s: %w", f, d, err)
+		}
+	}
+	return nil
 }
 
 func cgroupHierarchies() []hierarchy {
@@ -368,6 +406,21 @@ func cgroupHierarchies() []hierarchy {
 	}
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
 		hs = append(hs, hierarchy{"/sys/fs/cgroup/unified", ""})
+	}
+	// Every v1 controller too: a kubelet in the machine creates its pod
+	// cgroups in each one, under the machine's own cgroup (nspawn gives it
+	// a cgroup namespace), not at the host's root where two machines'
+	// kubelets would share them and they would outlive the test.
+	data, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || parts[1] == "" || strings.HasPrefix(parts[1], "name=") {
+			continue
+		}
+		mount := filepath.Join("/sys/fs/cgroup", parts[1])
+		if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err == nil {
+			hs = append(hs, hierarchy{mount, parts[1]})
+		}
 	}
 	return hs
 }

@@ -1,0 +1,454 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/kopsnode/agents/e2e/machine"
+	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/testtools"
+	"github.com/kopsnode/agents/pkg/testtools/netns"
+)
+
+// clusterPrefix is the cluster test's machine network. It differs from
+// netns.DefaultPrefix because the test process joins it (HostLink).
+var clusterPrefix = netip.MustParsePrefix("10.232.0.0/24")
+
+const (
+	clusterName      = "e2e.k8s.local"
+	clusterBucket    = "kopsnode-e2e"
+	clusterPrefixKey = "state"
+)
+
+// clusterFixture is a cluster's infrastructure as a cloud would provide
+// it: a network of machines, an S3 state store (real MinIO), a release
+// mirror serving the assets over HTTP, and machines booted from a node
+// image that run their userdata with cloud-init.
+type clusterFixture struct {
+	t       *testing.T
+	nw      *netns.Network
+	minio   *testtools.MinIO
+	mirror  *assetServer
+	nodeup  []byte // the nodeup binary the userdata downloads
+	nodeupB string // its path on the host, to render userdata
+	// machines by name, in boot order.
+	machines map[string]*clusterMachine
+	nextHost int
+}
+
+// clusterMachine is one booted machine of the cluster.
+type clusterMachine struct {
+	*machine.Machine
+	host  *netns.Host
+	group string
+	// loops are the etcd volumes (loop devices) of a control-plane machine,
+	// by etcd cluster name.
+	loops map[string]string
+	opts  machine.Options
+}
+
+func newClusterFixture(t *testing.T, hosts int) *clusterFixture {
+	t.Helper()
+	testtools.RequireRoot(t)
+	c := &clusterFixture{t: t, machines: map[string]*clusterMachine{}}
+	keepHostSysctls(t)
+	checkNoHostPodCgroups(t)
+	c.nw = netns.NewWith(t, netns.Options{Hosts: hosts, Prefix: clusterPrefix, Gateway: true, HostLink: true})
+	c.minio = testtools.StartMinIO(t, testtools.MinIOOptions{IP: c.nw.HostAddr.String()})
+	c.minio.CreateBucket(t, clusterBucket, false)
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.nw.HostAddr.String(), "0"))
+	if err != nil {
+		t.Fatalf("release mirror: %v", err)
+	}
+	c.mirror = newAssetServer(t, ln)
+	c.nodeupB = buildBinary(t, "nodeup/cmd/nodeup")
+	if c.nodeup, err = os.ReadFile(c.nodeupB); err != nil {
+		t.Fatal(err)
+	}
+	c.mirror.set("nodeup", c.nodeup)
+	return c
+}
+
+// storeURL is the state store as nodes name it.
+func (c *clusterFixture) storeURL() string {
+	return "s3://" + clusterBucket + "/" + clusterPrefixKey
+}
+
+// serve publishes a file on the release mirror under a name derived from
+// its hash (as a release mirror keeps every version) and returns its URL
+// and sha256.
+func (c *clusterFixture) serve(name string, data []byte) (url, sum string) {
+	sum = sha256Hex(data)
+	p := name + "-" + sum[:12]
+	c.mirror.set(p, data)
+	return c.mirror.URL + "/" + p, sum
+}
+
+// userdata renders the node's userdata with nodeup itself, as the tool
+// that launches machines would: a script that downloads nodeup from the
+// mirror and converges the node from the store.
+func (c *clusterFixture) userdata(group, configHash string) []byte {
+	c.t.Helper()
+	args := []string{"bootstrap-script",
+		"--store", c.storeURL(), "--store-endpoint", c.minio.Endpoint, "--store-region", c.minio.Region, "--store-path-style",
+		"--cluster", clusterName, "--group", group,
+		"--config-hash", configHash, "--nodeup-sha256", sha256Hex(c.nodeup), "--nodeup-url", c.mirror.URL + "/nodeup"}
+	out, err := exec.Command(c.nodeupB, args...).Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		c.t.Fatalf("nodeup bootstrap-script: %v: %s", err, stderr)
+	}
+	return out
+}
+
+// cgroupsRWUnit remounts the machine's cgroup controllers read-write at
+// boot, before anything that starts the kubelet.
+const cgroupsRWUnit = `[Unit]
+Description=e2e: cgroup controllers writable for the kubelet
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target cloud-final.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$d"; done'
+`
+
+// hostSysctls are the kernel settings a kubelet writes that are not
+// namespaced: a kubelet in a machine changes them for the host.
+var hostSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"}
+
+// keepHostSysctls restores the host's values of hostSysctls when the test
+// ends.
+func keepHostSysctls(t *testing.T) {
+	t.Helper()
+	saved := map[string][]byte{}
+	for _, k := range hostSysctls {
+		b, err := os.ReadFile("/proc/sys/" + k)
+		if err != nil {
+			t.Fatalf("reading host sysctl %s: %v", k, err)
+		}
+		saved[k] = b
+	}
+	t.Cleanup(func() {
+		for k, v := range saved {
+			if err := os.WriteFile("/proc/sys/"+k, v, 0o644); err != nil {
+				t.Errorf("restoring host sysctl %s to %q: %v", k, strings.TrimSpace(string(v)), err)
+			}
+		}
+	})
+}
+
+// checkNoHostPodCgroups fails the test if a kubelet in a machine made its
+// pod cgroups in the host's own cgroups (where machines would share them
+// and they would outlive the test), checked when the test ends.
+func checkNoHostPodCgroups(t *testing.T) {
+	t.Helper()
+	find := func() []string {
+		var found []string
+		data, _ := os.ReadFile("/proc/self/cgroup")
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) != 3 || parts[1] == "" || strings.HasPrefix(parts[1], "name=") {
+				continue
+			}
+			m, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", parts[1], parts[2], "kubepods*"))
+			found = append(found, m...)
+		}
+		return found
+	}
+	if f := find(); len(f) > 0 {
+		t.Fatalf("pod cgroups of an earlier run are in the host's cgroups: %v; remove them (rmdir, deepest first)", f)
+	}
+	t.Cleanup(func() {
+		if f := find(); len(f) > 0 {
+			t.Errorf("a machine's kubelet made pod cgroups in the host's cgroups: %v", f)
+		}
+	})
+}
+
+// loopDevice makes a blank loop device of size bytes, removed at cleanup.
+func loopDevice(t *testing.T, size int64) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev
+}
+
+// etcdDevice is where a control-plane machine sees its etcd cluster's
+// volume: every machine of the group at the same path, as a cloud attaches
+// a volume at a fixed device name.
+func etcdDevice(etcdCluster string) string { return "/dev/etcd-" + etcdCluster }
+
+// boot launches a machine of a group with its userdata, as a cloud would:
+// a fresh node image, the userdata in cloud-init's NoCloud seed, the store
+// credentials in the machine's environment (an instance role's job on a
+// cloud), its own address on the network, and for control-plane machines
+// one blank disk per etcd cluster.
+func (c *clusterFixture) boot(name, group string, userdata []byte, etcdClusters []string) *clusterMachine {
+	c.t.Helper()
+	if c.nextHost >= len(c.nw.Hosts) {
+		c.t.Fatalf("no free host in the network for machine %s", name)
+	}
+	h := c.nw.Hosts[c.nextHost]
+	c.nextHost++
+	cm := &clusterMachine{host: h, group: group, loops: map[string]string{}}
+	// containerd's snapshots cannot live on the machine's overlay root
+	// (overlayfs on overlayfs): give it a directory of the host's disk.
+	containerdDir := c.t.TempDir()
+	cm.opts = machine.Options{
+		Name:      name,
+		Tree:      machine.NodeTree(c.t),
+		NetNSPath: "/run/netns/" + h.NS,
+		Files: []machine.File{
+			{Path: machine.NoCloudSeedDir + "/meta-data", Data: []byte("instance-id: " + name + "\nlocal-hostname: " + name + "\n")},
+			{Path: machine.NoCloudSeedDir + "/user-data", Data: userdata, Mode: 0o600},
+			// Every unit gets the store credentials, as an instance role
+			// gives them to every process on a cloud machine.
+			{Path: "/etc/systemd/system.conf.d/10-store-credentials.conf", Mode: 0o600, Data: []byte(fmt.Sprintf(
+				"[Manager]\nDefaultEnvironment=AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s AWS_REGION=%s\n"+
+					// Pod processes outlive a stopped kubelet; a poweroff
+					// waits this long for them, not systemd's 90 s.
+					"DefaultTimeoutStopSec=15s\n",
+				c.minio.AccessKey, c.minio.SecretKey, c.minio.Region))},
+			// systemd-nspawn mounts the v1 cgroup controllers read-only
+			// (without a user namespace); the kubelet creates its pod
+			// cgroups in them. The machine's own cgroup namespace keeps
+			// that inside the machine's cgroups.
+			{Path: "/etc/systemd/system/cgroups-rw.service", Data: []byte(cgroupsRWUnit)},
+			// The kubelet watches the kernel log for OOM kills.
+			{Path: "/etc/tmpfiles.d/kmsg.conf", Data: []byte("L /dev/kmsg - - - - /dev/console\n")},
+			// Names outside the cluster resolve nowhere: the network has no
+			// way out, by design.
+			{Path: "/etc/resolv.conf", Data: []byte("nameserver " + c.nw.Gateway.String() + "\n")},
+			{Path: "/etc/hosts", Data: []byte("127.0.0.1 localhost\n" + h.Addr.String() + " " + name + "\n")},
+		},
+		Binds: []machine.Bind{{Source: containerdDir, Target: "/var/lib/containerd"}},
+		// The kubelet creates its cgroups in every v1 controller and sets
+		// kernel sysctls; nspawn mounts both read-only unless told
+		// otherwise. The host-wide sysctls it changes are restored by
+		// keepHostSysctls.
+		Env: []string{"SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes"},
+		ExtraArgs: []string{
+			"--system-call-filter=@keyring bpf",
+			"--resolv-conf=off",
+		},
+		BootTimeout: 5 * time.Minute,
+		BeforeBoot: func(root string) error {
+			wants := filepath.Join(root, "etc/systemd/system/sysinit.target.wants")
+			if err := os.MkdirAll(wants, 0o755); err != nil {
+				return err
+			}
+			return os.Symlink("/etc/systemd/system/cgroups-rw.service", filepath.Join(wants, "cgroups-rw.service"))
+		},
+	}
+	for _, e := range etcdClusters {
+		dev := loopDevice(c.t, 1<<30)
+		cm.loops[e] = dev
+		cm.opts.Devices = append(cm.opts.Devices, machine.Bind{Source: dev, Target: etcdDevice(e)})
+	}
+	cm.Machine = machine.Boot(c.t, cm.opts)
+	c.machines[name] = cm
+	c.t.Cleanup(func() {
+		if c.t.Failed() {
+			c.dumpJournals(cm)
+		}
+	})
+	return cm
+}
+
+// clusterUnits are the units whose journals a failure prints.
+var clusterUnits = []string{"cloud-final.service", "nodeup.service", "containerd.service", "kubelet.service", "kube-proxy.service",
+	"kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service",
+	"protokube.service", "protokube-etcd-volumes.service", "protokube-manifests.service",
+	"etcd-manager-main.service", "etcd-manager-events.service"}
+
+// dumpJournals logs the journal of every failed or unhealthy unit of a
+// machine, so a failure says why without a rerun.
+func (c *clusterFixture) dumpJournals(cm *clusterMachine) {
+	if cm.InitPID() == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	failed, _ := cm.Exec(ctx, "systemctl", "list-units", "--failed", "--no-legend", "--plain")
+	c.t.Logf("machine %s: failed units:\n%s", cm.Name(), failed)
+	for _, u := range clusterUnits {
+		state, _ := cm.Exec(ctx, "systemctl", "is-active", u)
+		state = strings.TrimSpace(state)
+		if state == "inactive" && !strings.Contains(failed, u) {
+			if exists, _ := cm.Exec(ctx, "systemctl", "show", "-P", "LoadState", u); strings.TrimSpace(exists) == "not-found" {
+				continue
+			}
+		}
+		j, _ := cm.Exec(ctx, "journalctl", "--no-pager", "-o", "short-monotonic", "-n", "60", "-u", u)
+		c.t.Logf("machine %s: %s is %s; journal:\n%s", cm.Name(), u, state, j)
+	}
+	if st, err := cm.Exec(ctx, "/usr/local/bin/nodeup", "status"); err == nil {
+		c.t.Logf("machine %s: nodeup status:\n%s", cm.Name(), st)
+	}
+}
+
+// kubectl runs kubectl on a control-plane machine with the admin
+// kubeconfig nodeup wrote there, as an operator would over SSH.
+func (c *clusterFixture) kubectl(cm *clusterMachine, timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return cm.Exec(ctx, append([]string{"/usr/local/bin/kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "--request-timeout=20s"}, args...)...)
+}
+
+// e2eEtcdVersion is the etcd the test cluster runs.
+const e2eEtcdVersion = "3.6.16"
+
+// publishParts puts every asset a node needs on the release mirror: the
+// Kubernetes, containerd, runc, CNI and etcd parts built by `make tools`,
+// the image tarballs, and this tree's protokube and etcd-manager. It
+// returns them as node configuration entries.
+func (c *clusterFixture) publishParts() []config.Asset {
+	t := c.t
+	t.Helper()
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("reading part: %v", err)
+		}
+		return b
+	}
+	var assets []config.Asset
+	add := func(name string, data []byte, extract bool) {
+		url, sum := c.serve(name, data)
+		assets = append(assets, config.Asset{Name: name, SHA256: sum, URLs: []string{url}, Extract: extract})
+	}
+	for _, b := range []string{"kubelet", "kubectl", "kube-proxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		add(b, read(testtools.KubernetesBin(t, b)), false)
+	}
+	add("containerd", testtools.TarGz(t, map[string][]byte{
+		"bin/containerd":              read(testtools.ContainerdBin(t, "containerd")),
+		"bin/containerd-shim-runc-v2": read(testtools.ContainerdBin(t, "containerd-shim-runc-v2")),
+		"bin/ctr":                     read(testtools.ContainerdBin(t, "ctr")),
+	}), true)
+	add("runc", read(testtools.RuncBin(t)), false)
+	cniDir := testtools.CNIPluginDir(t)
+	cniFiles := map[string][]byte{}
+	for _, p := range []string{"bridge", "host-local", "loopback", "portmap", "ptp"} {
+		cniFiles["./"+p] = read(filepath.Join(cniDir, p))
+	}
+	add("cni-plugins", testtools.TarGz(t, cniFiles), true)
+	add("etcd-"+e2eEtcdVersion, read(filepath.Join(testtools.EtcdBinDir(t, e2eEtcdVersion), "etcd")), false)
+	for _, im := range []string{"pause", "coredns", "testapp"} {
+		add("image-"+im, read(testtools.ImageTar(t, im)), false)
+	}
+	add("protokube", read(buildBinary(t, "protokube/cmd/protokube")), false)
+	add("etcd-manager", read(buildBinary(t, "etcd-manager/cmd/etcd-manager")), false)
+	return assets
+}
+
+// putNodeConfig writes a group's node configuration into the store, as the
+// operator's tooling would, and returns the hash the userdata pins.
+func (c *clusterFixture) putNodeConfig(nc *config.NodeConfig) string {
+	c.t.Helper()
+	data, err := config.Marshal(nc)
+	if err != nil {
+		c.t.Fatalf("marshalling node configuration %s: %v", nc.Metadata.Name, err)
+	}
+	// What nodeup will read must pass nodeup's own validation.
+	if _, err := config.ParseNodeConfig(data, nc.Metadata.Name+".yaml"); err != nil {
+		c.t.Fatalf("node configuration %s is invalid:\n%v\n%s", nc.Metadata.Name, err, data)
+	}
+	key := clusterPrefixKey + "/" + clusterName + "/nodeup/" + nc.Metadata.Name + ".yaml"
+	if _, err := c.minio.Client().PutObject(context.Background(), &s3.PutObjectInput{
+		Bucket: aws.String(clusterBucket), Key: aws.String(key), Body: bytes.NewReader(data),
+	}); err != nil {
+		c.t.Fatalf("writing %s to the store: %v", key, err)
+	}
+	return config.FileHash(data)
+}
+
+// workerAssets are the assets a worker needs; the rest are the control
+// plane's (a worker downloads nothing it does not run).
+var workerAssets = map[string]bool{
+	"kubelet": true, "kube-proxy": true, "containerd": true, "runc": true, "cni-plugins": true, "protokube": true,
+	"image-pause": true, "image-coredns": true, "image-testapp": true,
+}
+
+// nodeConfig is a group's node configuration, written by hand as an
+// operator may (every field typed, every asset pinned by sha256).
+func (c *clusterFixture) nodeConfig(group string, controlPlane bool, assets []config.Asset, controlPlanes int) *config.NodeConfig {
+	no := false
+	spec := config.NodeConfigSpec{
+		ClusterName:       clusterName,
+		Role:              config.RoleNode,
+		KubernetesVersion: testtools.KubernetesVersion,
+		ContainerRuntime: config.ContainerRuntimeSpec{
+			Name:         "containerd",
+			Version:      testtools.ContainerdVersion,
+			SandboxImage: testtools.PauseImage,
+			// Machines in systemd-nspawn lack CAP_SYS_RESOURCE.
+			RestrictOOMScoreAdj: true,
+		},
+		Kubelet: config.KubeletSpec{
+			APIServer:     "https://" + config.DefaultAPIServerName(clusterName),
+			ClusterDomain: "cluster.local",
+			// The test machines share the host's cgroup v1 hierarchy.
+			FailCgroupV1: &no,
+		},
+		Networking: config.NetworkingSpec{
+			Mode:        config.NetworkingKubenet,
+			PodCIDR:     "100.96.0.0/11",
+			ServiceCIDR: "100.64.0.0/13",
+		},
+		Gossip: &config.GossipSpec{Seeds: "store"},
+	}
+	if controlPlane {
+		spec.Role = config.RoleControlPlane
+		spec.Kubelet.APIServer = "https://127.0.0.1"
+		spec.Kubelet.Taints = []string{"node-role.kubernetes.io/control-plane:NoSchedule"}
+		for _, name := range []string{"main", "events"} {
+			spec.EtcdClusters = append(spec.EtcdClusters, config.EtcdClusterSpec{
+				Name: name, Members: controlPlanes, Version: e2eEtcdVersion,
+				Volume: config.VolumeSpec{Device: etcdDevice(name)},
+			})
+		}
+	}
+	for _, a := range assets {
+		if controlPlane || workerAssets[a.Name] {
+			spec.Assets = append(spec.Assets, a)
+		}
+	}
+	return &config.NodeConfig{
+		TypeMeta: config.TypeMeta{APIVersion: config.APIVersion, Kind: config.KindNodeConfig},
+		Metadata: config.ObjectMeta{Name: group},
+		Spec:     spec,
+	}
+}
