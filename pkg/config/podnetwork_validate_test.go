@@ -16,7 +16,9 @@ func TestPodNetworkAndSeedsValidation(t *testing.T) {
 		want string // "" for valid
 	}{
 		{"kubenet with gossip", func(c *Cluster) {}, ""},
-		{"kubenet without gossip", func(c *Cluster) { c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "example.com", "internal.example.com", nil }, `spec.gossip: required when networking.mode is "kubenet"`},
+		{"kubenet without gossip", func(c *Cluster) {
+			c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "example.com", "internal.example.com", nil
+		}, `spec.gossip: required when networking.mode is "kubenet"`},
 		{"cni without gossip", func(c *Cluster) {
 			c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "example.com", "internal.example.com", nil
 			c.Spec.Networking.Mode, c.Spec.Networking.Provider = NetworkingCNI, "calico"
