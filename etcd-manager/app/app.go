@@ -4,12 +4,10 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -251,27 +249,8 @@ func FetchStatus(ctx context.Context, addr string) (manager.Status, error) {
 	var st manager.Status
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	u := "http://" + addr + "/status"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, fmt.Errorf("asking etcd-manager at %s: %w", u, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return st, fmt.Errorf("reading %s: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("%s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("decoding %s: %w", u, err)
-	}
-	return st, nil
+	err := observe.FetchStatus(ctx, nil, addr, "etcd-manager run", &st)
+	return st, err
 }
 
 // PrintStatus writes the human form of a status.

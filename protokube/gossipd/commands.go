@@ -2,17 +2,16 @@ package gossipd
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/observe"
 )
 
 // GossipCommand is `protokube gossip`: run the gossip daemon until signalled.
@@ -79,25 +78,9 @@ func StatusCommand() *cli.Command {
 
 // FetchStatus reads the status document from a daemon's endpoint.
 func FetchStatus(ctx context.Context, c *http.Client, addr string) (Status, error) {
-	url := "http://" + addr + "/status"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return Status{}, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return Status{}, fmt.Errorf("reading gossip status from %s (is `protokube gossip` running?): %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return Status{}, fmt.Errorf("reading gossip status from %s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
-	}
 	var st Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
-		return Status{}, fmt.Errorf("decoding gossip status from %s: %w", url, err)
-	}
-	return st, nil
+	err := observe.FetchStatus(ctx, c, addr, "protokube gossip", &st)
+	return st, err
 }
 
 // PrintStatus writes the human form of a status document.
