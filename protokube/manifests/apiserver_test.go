@@ -290,13 +290,16 @@ func TestAgainstRealAPIServer(t *testing.T) {
 			}
 			return nil
 		})
-		found := false
-		for _, p := range d.Status().Pruned {
-			found = found || p.Name == bootstraptoken.SecretName(tok)
-		}
-		if !found {
-			t.Errorf("status does not list the pruned Secret: %+v", d.Status().Pruned)
-		}
+		// The status records a prune right after the delete returns, which
+		// the API can show first.
+		eventually(t, 10*time.Second, "status lists the pruned Secret", func() error {
+			for _, p := range d.Status().Pruned {
+				if p.Name == bootstraptoken.SecretName(tok) {
+					return nil
+				}
+			}
+			return fmt.Errorf("status does not list the pruned Secret: %+v", d.Status().Pruned)
+		})
 		tok = newTok
 	})
 
