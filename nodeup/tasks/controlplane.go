@@ -200,23 +200,7 @@ func (t *CAFiles) Find(ctx context.Context, env *engine.Env) (engine.Diff, error
 	if err != nil {
 		return nil, err
 	}
-	var changed []string
-	for _, f := range t.files(ca) {
-		if f.err != nil {
-			return nil, f.err
-		}
-		d, err := findFile(env, f.path, f.data, f.mode, fsroot.RootOwner, true)
-		if err != nil {
-			return nil, err
-		}
-		if d != nil {
-			changed = append(changed, f.path)
-		}
-	}
-	if len(changed) == 0 {
-		return nil, nil
-	}
-	return &PKIDiff{What: what, Paths: changed, Reason: "differs from the state store"}, nil
+	return diffPKIFiles(env, what, t.files(ca))
 }
 
 type pkiFile struct {
@@ -241,6 +225,28 @@ func (t *CAFiles) Apply(ctx context.Context, env *engine.Env, _ engine.Diff) err
 		return fmt.Errorf("loading CA %s: %w", t.CA, err)
 	}
 	return writePKIFiles(env, t.files(ca))
+}
+
+// diffPKIFiles compares files taken from the store with the node's copies
+// and names those that differ.
+func diffPKIFiles(env *engine.Env, what string, files []pkiFile) (engine.Diff, error) {
+	var changed []string
+	for _, f := range files {
+		if f.err != nil {
+			return nil, f.err
+		}
+		d, err := findFile(env, f.path, f.data, f.mode, fsroot.RootOwner, true)
+		if err != nil {
+			return nil, err
+		}
+		if d != nil {
+			changed = append(changed, f.path)
+		}
+	}
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	return &PKIDiff{What: what, Paths: changed, Reason: "differs from the state store"}, nil
 }
 
 func writePKIFiles(env *engine.Env, files []pkiFile) error {
@@ -292,23 +298,7 @@ func (t *SigningKeyFiles) Find(ctx context.Context, env *engine.Env) (engine.Dif
 	if err != nil {
 		return nil, err
 	}
-	var changed []string
-	for _, f := range t.files(k) {
-		if f.err != nil {
-			return nil, f.err
-		}
-		d, err := findFile(env, f.path, f.data, f.mode, fsroot.RootOwner, true)
-		if err != nil {
-			return nil, err
-		}
-		if d != nil {
-			changed = append(changed, f.path)
-		}
-	}
-	if len(changed) == 0 {
-		return nil, nil
-	}
-	return &PKIDiff{What: what, Paths: changed, Reason: "differs from the state store"}, nil
+	return diffPKIFiles(env, what, t.files(k))
 }
 
 func (t *SigningKeyFiles) Apply(ctx context.Context, env *engine.Env, _ engine.Diff) error {
