@@ -1,28 +1,21 @@
 // Package bootstraptoken is the cluster's kubelet TLS-bootstrap token: its
-// format (Kubernetes bootstrap tokens, "<id>.<secret>"), where it lives in
-// the state store, and its create-if-absent creation. Workers read it to
-// obtain their kubelet certificates from the API server, so they never need
-// a CA key; the control plane publishes it to the API as a bootstrap-token
-// Secret.
+// format (Kubernetes bootstrap tokens, "<id>.<secret>"), its lifetime and
+// rotation, where it lives in the state store, and the conditional writes
+// that create and rotate it. Workers read the current token to obtain their
+// kubelet certificates from the API server, so they never need a CA key;
+// the control plane publishes every token that has not expired to the API
+// as a bootstrap-token Secret with that expiry.
 package bootstraptoken
 
 import (
-	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"path"
 	"regexp"
 	"strings"
-
-	"github.com/kopsnode/agents/pkg/store"
 )
-
-// StoreKey is the token's key under <cluster>/ in the state store.
-const StoreKey = "secrets/node-bootstrap-token"
 
 // ExtraGroup is the group the token's Secret adds to the bootstrapping
 // kubelet, which the RBAC bindings for node bootstrap name.
@@ -76,47 +69,4 @@ func generate(r io.Reader) (Token, error) {
 		}
 	}
 	return Token{ID: string(out[:6]), Secret: string(out[6:])}, nil
-}
-
-// Key returns the token's full key in the store for a cluster.
-func Key(cluster string) string { return path.Join(cluster, StoreKey) }
-
-// Read reads the cluster's token. A missing token wraps store.ErrNotFound
-// and names the URL.
-func Read(ctx context.Context, st store.Store, cluster string) (Token, error) {
-	b, _, err := store.ReadAll(ctx, st, Key(cluster))
-	if err != nil {
-		return Token{}, fmt.Errorf("reading the node bootstrap token: %w", err)
-	}
-	t, err := Parse(string(b))
-	if err != nil {
-		return Token{}, fmt.Errorf("%s: %w", store.JoinURL(st.URL(), Key(cluster)), err)
-	}
-	return t, nil
-}
-
-// Ensure returns the cluster's token, creating it when none exists.
-// Concurrent callers get the same token: creation is create-if-absent, and
-// a loser reads the winner's. created says this call wrote it.
-func Ensure(ctx context.Context, st store.Store, cluster string) (Token, bool, error) {
-	t, err := Read(ctx, st, cluster)
-	if err == nil {
-		return t, false, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
-		return Token{}, false, err
-	}
-	t, err = Generate()
-	if err != nil {
-		return Token{}, false, err
-	}
-	_, err = st.Put(ctx, Key(cluster), bytes.NewReader([]byte(t.String()+"\n")), store.Condition{IfAbsent: true})
-	if err == nil {
-		return t, true, nil
-	}
-	if !errors.Is(err, store.ErrPrecondition) {
-		return Token{}, false, fmt.Errorf("creating the node bootstrap token at %s: %w", store.JoinURL(st.URL(), Key(cluster)), err)
-	}
-	t, err = Read(ctx, st, cluster)
-	return t, false, err
 }
