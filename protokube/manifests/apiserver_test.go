@@ -45,8 +45,11 @@ func objectStatus(st Status, key string) (ObjectStatus, bool) {
 // The whole life of the applier against a real kube-apiserver and etcd:
 // waiting for an API server that is not up, the first apply, the status,
 // objects changed by hand put back, a changed configuration re-applied
-// (including a DNS address, which replaces the Service), a rotated token's
-// old Secret pruned, and the bootstrap token authenticating a kubelet's CSR.
+// (including a DNS address, which replaces the Service), the bootstrap
+// token rotated on a fake clock (new Secret applied, old one kept and both
+// authenticating a kubelet's CSR, pruned once it expired), a token of the
+// old format migrated, and the API server refusing a token whose Secret's
+// expiration has passed.
 func TestAgainstRealAPIServer(t *testing.T) {
 	api := testtools.PrepareKubeAPIServer(t, testtools.KubeAPIOptions{})
 	dir := t.TempDir()
@@ -56,10 +59,15 @@ func TestAgainstRealAPIServer(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	ctx := context.Background()
-	tok, _, err := bootstraptoken.Ensure(ctx, st, testCluster)
+	// The daemon's clock: the tokens' creation, expiry and rotation follow
+	// it, while the API server checks the Secrets' expiration against the
+	// real one.
+	clock := &fakeClock{now: time.Now().UTC().Truncate(time.Second)}
+	first, err := bootstraptoken.Issuer{Store: st, Cluster: testCluster, Now: clock.Now}.Ensure(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok := first.Tokens.Current.Token
 	cfgFile := filepath.Join(dir, "nodeconfig.yaml")
 	writeNodeConfig(t, cfgFile, "", "")
 
@@ -67,7 +75,7 @@ func TestAgainstRealAPIServer(t *testing.T) {
 	cfg.ConfigFile, cfg.Store.URL, cfg.Kubeconfig = cfgFile, st.URL(), api.AdminKubeconfig
 	cfg.Interval, cfg.WaitInterval, cfg.StatusListen = 2*time.Second, 200*time.Millisecond, "127.0.0.1:0"
 	logs := &syncBuffer{}
-	d, err := Start(ctx, cfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Store: st})
+	d, err := Start(ctx, cfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Store: st, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +121,9 @@ func TestAgainstRealAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sec.Type != corev1.SecretTypeBootstrapToken || string(sec.Data["token-secret"]) != tok.Secret || string(sec.Data["auth-extra-groups"]) != bootstraptoken.ExtraGroup {
-			t.Errorf("token secret %s: type %s data %v", sec.Name, sec.Type, sec.Data)
+		if sec.Type != corev1.SecretTypeBootstrapToken || string(sec.Data["token-secret"]) != tok.Secret || string(sec.Data["auth-extra-groups"]) != bootstraptoken.ExtraGroup ||
+			string(sec.Data["expiration"]) != first.Tokens.Current.Expires.Format(time.RFC3339) {
+			t.Errorf("token secret %s: type %s data %v, want expiration %s", sec.Name, sec.Type, sec.Data, first.Tokens.Current.Expires.Format(time.RFC3339))
 		}
 		if !managedBy(sec.ManagedFields) {
 			t.Errorf("secret not managed by %s: %+v", FieldManager, sec.ManagedFields)
@@ -273,38 +282,150 @@ func TestAgainstRealAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("rotated token is applied and the old Secret pruned", func(t *testing.T) {
-		newTok, err := bootstraptoken.Generate()
+	csrPEM := nodeCSR(t, "system:node:worker-1")
+	createCSR := func(bearer string) error {
+		c, err := kubernetes.NewForConfig(&rest.Config{Host: api.URL, BearerToken: bearer, TLSClientConfig: rest.TLSClientConfig{CAData: api.CAPEM}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), strings.NewReader(newTok.String()+"\n"), store.Condition{}); err != nil {
-			t.Fatal(err)
+		_, err = c.CertificatesV1().CertificateSigningRequests().Create(ctx, &certificatesv1.CertificateSigningRequest{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "node-csr-"},
+			Spec: certificatesv1.CertificateSigningRequestSpec{
+				Request:    csrPEM,
+				SignerName: certificatesv1.KubeAPIServerClientKubeletSignerName,
+				Usages:     []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth},
+			},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	secretExpiration := func(tk bootstraptoken.Token) (string, error) {
+		sec, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(tk), metav1.GetOptions{})
+		if err != nil {
+			return "", err
 		}
-		eventually(t, 30*time.Second, "new Secret, old pruned", func() error {
-			if _, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(newTok), metav1.GetOptions{}); err != nil {
+		return string(sec.Data["expiration"]), nil
+	}
+
+	var old bootstraptoken.Issued
+	t.Run("rotation applies the new token's Secret and keeps the old one", func(t *testing.T) {
+		// 17 of the token's 24 hours have passed: less than a third is left.
+		clock.Advance(17 * time.Hour)
+		var cur bootstraptoken.Tokens
+		eventually(t, 30*time.Second, "rotated in the store", func() error {
+			ts, _, err := bootstraptoken.ReadTokens(ctx, st, testCluster)
+			if err != nil {
 				return err
 			}
-			if _, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(tok), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("old secret still there (%v)", err)
+			if ts.Current.Token == tok {
+				return fmt.Errorf("not rotated yet")
+			}
+			cur = ts
+			return nil
+		})
+		if len(cur.Previous) != 1 || cur.Previous[0] != first.Tokens.Current || !cur.Current.Created.Equal(clock.Now()) {
+			t.Fatalf("stored after rotation: %+v", cur)
+		}
+		eventually(t, 30*time.Second, "both Secrets with their expiration", func() error {
+			for _, i := range []bootstraptoken.Issued{cur.Current, cur.Previous[0]} {
+				exp, err := secretExpiration(i.Token)
+				if err != nil {
+					return err
+				}
+				if exp != i.Expires.Format(time.RFC3339) {
+					return fmt.Errorf("Secret of %s: expiration %q, want %s", i.Token.ID, exp, i.Expires.Format(time.RFC3339))
+				}
 			}
 			return nil
 		})
-		// The status records a prune right after the delete returns, which
-		// the API can show first.
+		eventually(t, 10*time.Second, "status shows the rotation", func() error {
+			s := d.Status()
+			if bt := s.BootstrapToken; bt == nil || bt.Current != cur.Current.Token.ID || len(bt.Valid) != 2 || bt.LastRotation.IsZero() || !s.Ready {
+				return fmt.Errorf("status %+v, token %+v", s, s.BootstrapToken)
+			}
+			return nil
+		})
+		if !strings.Contains(logs.String(), "rotated the node bootstrap token") {
+			t.Error("the rotation is not logged")
+		}
+		if strings.Contains(logs.String(), cur.Current.Token.Secret) {
+			t.Error("the new token's secret is in the log")
+		}
+		// A machine that read the old token before the rotation joins, as
+		// does one with the new token.
+		eventually(t, 30*time.Second, "the new token authenticates a kubelet's CSR", func() error { return createCSR(cur.Current.Token.String()) })
+		if err := createCSR(tok.String()); err != nil {
+			t.Errorf("the old token, still valid, was refused: %v", err)
+		}
+		old, tok = cur.Previous[0], cur.Current.Token
+	})
+
+	t.Run("an expired token's Secret is pruned", func(t *testing.T) {
+		// 25h: the first token (24h) expired; the second (17h) has 16 of
+		// its 24 hours left and stays current.
+		clock.Advance(8 * time.Hour)
+		eventually(t, 30*time.Second, "old Secret pruned", func() error {
+			if _, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(old.Token), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("the expired token's Secret is still there (%v)", err)
+			}
+			_, err := secretExpiration(tok)
+			return err
+		})
 		eventually(t, 10*time.Second, "status lists the pruned Secret", func() error {
 			for _, p := range d.Status().Pruned {
-				if p.Name == bootstraptoken.SecretName(tok) {
+				if p.Name == bootstraptoken.SecretName(old.Token) {
 					return nil
 				}
 			}
 			return fmt.Errorf("status does not list the pruned Secret: %+v", d.Status().Pruned)
 		})
-		tok = newTok
+		if got, err := bootstraptoken.Read(ctx, st, testCluster); err != nil || got != tok {
+			t.Errorf("current token %v, %v; want %s unchanged", got, err, tok.ID)
+		}
 	})
 
-	t.Run("unreadable token: the rest is applied, nothing pruned", func(t *testing.T) {
-		if err := st.Delete(ctx, bootstraptoken.Key(testCluster)); err != nil {
+	t.Run("a token of the old format is replaced and expires", func(t *testing.T) {
+		legacy, err := bootstraptoken.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), strings.NewReader(legacy.String()+"\n"), store.Condition{}); err != nil {
+			t.Fatal(err)
+		}
+		var cur bootstraptoken.Tokens
+		eventually(t, 30*time.Second, "migrated", func() error {
+			ts, _, err := bootstraptoken.ReadTokens(ctx, st, testCluster)
+			if err != nil {
+				return err
+			}
+			if ts.Current.Token == legacy || ts.Current.Expires.IsZero() {
+				return fmt.Errorf("not migrated yet: %+v", ts.Current.Token.ID)
+			}
+			cur = ts
+			return nil
+		})
+		if len(cur.Previous) != 1 || cur.Previous[0].Token != legacy || !cur.Previous[0].Expires.Equal(clock.Now().Add(8*time.Hour)) {
+			t.Fatalf("the old-format token after migration: %+v", cur.Previous)
+		}
+		eventually(t, 30*time.Second, "the old-format token's Secret expires", func() error {
+			exp, err := secretExpiration(legacy)
+			if err != nil {
+				return err
+			}
+			if exp != cur.Previous[0].Expires.Format(time.RFC3339) {
+				return fmt.Errorf("expiration %q", exp)
+			}
+			_, err = secretExpiration(cur.Current.Token)
+			return err
+		})
+		tok = cur.Current.Token
+	})
+
+	t.Run("unreadable token: the rest is applied, nothing pruned, nothing overwritten", func(t *testing.T) {
+		good, _, err := store.ReadAll(ctx, st, bootstraptoken.Key(testCluster))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), strings.NewReader("not a token"), store.Condition{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 30*time.Second, "input error reported", func() error {
@@ -317,7 +438,10 @@ func TestAgainstRealAPIServer(t *testing.T) {
 		if _, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(tok), metav1.GetOptions{}); err != nil {
 			t.Errorf("the live token Secret was removed while the store could not be read: %v", err)
 		}
-		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), strings.NewReader(tok.String()+"\n"), store.Condition{}); err != nil {
+		if b, _, err := store.ReadAll(ctx, st, bootstraptoken.Key(testCluster)); err != nil || string(b) != "not a token" {
+			t.Errorf("the unreadable object was overwritten: %q, %v", b, err)
+		}
+		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), bytes.NewReader(good), store.Condition{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 90*time.Second, "ready again", func() error {
@@ -329,32 +453,60 @@ func TestAgainstRealAPIServer(t *testing.T) {
 	})
 
 	t.Run("bootstrap token authenticates a kubelet's CSR", func(t *testing.T) {
-		csrPEM := nodeCSR(t, "system:node:worker-1")
-		create := func(bearer string) error {
-			c, err := kubernetes.NewForConfig(&rest.Config{Host: api.URL, BearerToken: bearer, TLSClientConfig: rest.TLSClientConfig{CAData: api.CAPEM}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.CertificatesV1().CertificateSigningRequests().Create(ctx, &certificatesv1.CertificateSigningRequest{
-				ObjectMeta: metav1.ObjectMeta{GenerateName: "node-csr-"},
-				Spec: certificatesv1.CertificateSigningRequestSpec{
-					Request:    csrPEM,
-					SignerName: certificatesv1.KubeAPIServerClientKubeletSignerName,
-					Usages:     []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth},
-				},
-			}, metav1.CreateOptions{})
-			return err
-		}
 		// The authenticator reads Secrets through an informer: allow it to
 		// catch up with the latest token.
-		eventually(t, 30*time.Second, "a kubelet with the bootstrap token creates its CSR", func() error { return create(tok.String()) })
+		eventually(t, 30*time.Second, "a kubelet with the bootstrap token creates its CSR", func() error { return createCSR(tok.String()) })
 		wrong := tok
 		wrong.Secret = strings.Repeat("x", 16)
-		if err := create(wrong.String()); !apierrors.IsUnauthorized(err) {
+		if err := createCSR(wrong.String()); !apierrors.IsUnauthorized(err) {
 			t.Errorf("a wrong token secret: %v, want Unauthorized", err)
 		}
-		if err := create("zzzzzz.0123456789abcdef"); !apierrors.IsUnauthorized(err) {
+		if err := createCSR("zzzzzz.0123456789abcdef"); !apierrors.IsUnauthorized(err) {
 			t.Errorf("an unknown token: %v, want Unauthorized", err)
+		}
+	})
+
+	t.Run("the API server refuses a token past its Secret's expiration", func(t *testing.T) {
+		// The daemon's clock goes back to the real time, and the store
+		// holds a previous token that expires (in real time) within
+		// seconds: its Secret is applied with that expiration and stays
+		// (the daemon's clock does not pass it), so only the API server's
+		// own check can refuse it.
+		real := time.Now().UTC().Truncate(time.Second)
+		clock.Set(real)
+		cur, err := bootstraptoken.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		soon, err := bootstraptoken.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := bootstraptoken.Tokens{
+			Current:  bootstraptoken.Issued{Token: cur, Created: real, Expires: real.Add(24 * time.Hour)},
+			Previous: []bootstraptoken.Issued{{Token: soon, Created: real.Add(-24 * time.Hour), Expires: real.Add(4 * time.Second)}},
+		}
+		b, err := bootstraptoken.Encode(ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), bytes.NewReader(b), store.Condition{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "the expiring token's Secret applied", func() error {
+			exp, err := secretExpiration(soon)
+			if err == nil && exp != ts.Previous[0].Expires.Format(time.RFC3339) {
+				err = fmt.Errorf("expiration %q", exp)
+			}
+			return err
+		})
+		eventually(t, 30*time.Second, "the current token authenticates", func() error { return createCSR(cur.String()) })
+		time.Sleep(time.Until(ts.Previous[0].Expires.Add(time.Second)))
+		if _, err := secretExpiration(soon); err != nil {
+			t.Fatalf("the expired token's Secret is gone, so the API server's check is not what refused it: %v", err)
+		}
+		if err := createCSR(soon.String()); !apierrors.IsUnauthorized(err) {
+			t.Errorf("a token past its Secret's expiration: %v, want Unauthorized", err)
 		}
 	})
 

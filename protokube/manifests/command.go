@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -112,6 +113,13 @@ func PrintStatus(w io.Writer, st Status) error {
 	for _, e := range st.InputErrors {
 		fmt.Fprintf(w, "input not read (its objects left as they are): %s\n", e)
 	}
+	if t := st.BootstrapToken; t != nil {
+		fmt.Fprintf(w, "node bootstrap token %s, expires %s; Secrets applied for %s", t.Current, orDash(formatTime(t.Expires)), strings.Join(t.Valid, ", "))
+		if !t.LastRotation.IsZero() {
+			fmt.Fprintf(w, "; last rotated here %s", t.LastRotation.Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "\n  %s\n", t.Decision)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "OBJECT\tRESULT\tCHANGES\tLAST CHANGED\tHASH\tERROR")
@@ -136,6 +144,13 @@ func PrintStatus(w io.Writer, st Status) error {
 		}
 	}
 	return nil
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func orDash(s string) string {

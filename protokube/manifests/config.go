@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 )
@@ -38,7 +39,11 @@ type Config struct {
 	WaitInterval time.Duration
 	// StatusListen serves /healthz, /metrics and /status; empty: none.
 	StatusListen string
-	Log          logging.Options
+	// BootstrapTokenTTL is the life of the node bootstrap tokens this
+	// command creates; it replaces the current token when less than
+	// bootstraptoken.DefaultRotateFraction of its life is left.
+	BootstrapTokenTTL time.Duration
+	Log               logging.Options
 }
 
 // DefaultConfig returns the defaults.
@@ -48,7 +53,16 @@ func DefaultConfig() Config {
 		Interval:     time.Minute,
 		WaitInterval: 2 * time.Second,
 		StatusListen: DefaultStatusAddr,
+
+		BootstrapTokenTTL: bootstraptoken.DefaultTTL,
 	}
+}
+
+// TokenPolicy is the bootstrap token policy the flags select.
+func (c Config) TokenPolicy() bootstraptoken.Policy {
+	p := bootstraptoken.DefaultPolicy()
+	p.TTL = c.BootstrapTokenTTL
+	return p
 }
 
 // AddFlags binds the flags to c.
@@ -59,6 +73,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Interval, "interval", c.Interval, "how often every object is applied again (restoring objects changed by hand)")
 	fs.DurationVar(&c.WaitInterval, "wait-interval", c.WaitInterval, "how often the API server is tried while it does not answer, and a failed pass retried")
 	fs.StringVar(&c.StatusListen, "status-listen", c.StatusListen, "address serving /healthz, /metrics and /status (empty: none)")
+	fs.DurationVar(&c.BootstrapTokenTTL, "bootstrap-token-ttl", c.BootstrapTokenTTL, "life of a new node bootstrap token; the current token is replaced when less than a third of its life is left, and the old one stays valid until it expires")
 	c.Log.AddFlags(fs)
 }
 
@@ -78,6 +93,9 @@ func (c Config) Args() []string {
 	}
 	if c.StatusListen != d.StatusListen {
 		args = append(args, "--status-listen="+c.StatusListen)
+	}
+	if c.BootstrapTokenTTL != d.BootstrapTokenTTL {
+		args = append(args, "--bootstrap-token-ttl="+c.BootstrapTokenTTL.String())
 	}
 	if c.Log.Format != "" && c.Log.Format != "text" {
 		args = append(args, "--log-format="+c.Log.Format)
@@ -107,6 +125,9 @@ func (c Config) Validate() error {
 	}
 	if c.WaitInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--wait-interval: %s is not positive", c.WaitInterval))
+	}
+	if c.BootstrapTokenTTL < bootstraptoken.MinTTL {
+		errs = append(errs, fmt.Errorf("--bootstrap-token-ttl: %s is shorter than the minimum %s", c.BootstrapTokenTTL, bootstraptoken.MinTTL))
 	}
 	if err := c.Log.Validate(); err != nil {
 		errs = append(errs, err)

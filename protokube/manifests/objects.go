@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -60,9 +61,10 @@ type Inputs struct {
 	// DNSIP is the ClusterIP of the kube-dns Service, the address kubelets
 	// give pods as their resolver.
 	DNSIP netip.Addr
-	// Token is the kubelet TLS-bootstrap token; nil leaves its Secret out
-	// (the caller reports why).
-	Token *bootstraptoken.Token
+	// Tokens are the kubelet TLS-bootstrap tokens that have not expired,
+	// one Secret each (the current token and the ones a rotation left
+	// valid); none leaves the Secrets out (the caller reports why).
+	Tokens []bootstraptoken.Issued
 }
 
 // InputsFromNode takes the inputs from a (defaulted) node configuration:
@@ -155,8 +157,8 @@ func Objects(in Inputs) ([]Object, error) {
 		return nil, fmt.Errorf("no cluster DNS address")
 	}
 	var objs []runtime.Object
-	if in.Token != nil {
-		objs = append(objs, bootstrapTokenSecret(*in.Token))
+	for _, t := range in.Tokens {
+		objs = append(objs, bootstrapTokenSecret(t))
 	}
 	objs = append(objs, nodeBindings()...)
 	objs = append(objs, coreDNS(in)...)
@@ -221,9 +223,12 @@ func typeMeta(gv schema.GroupVersion, kind string) metav1.TypeMeta {
 // bootstrapTokenSecret is the token's Secret in the format the API server's
 // bootstrap-token authenticator reads: it authenticates kubelets presenting
 // "<id>.<secret>" as system:bootstrap:<id> in system:bootstrappers and
-// bootstraptoken.ExtraGroup.
-func bootstrapTokenSecret(t bootstraptoken.Token) *corev1.Secret {
-	return &corev1.Secret{
+// bootstraptoken.ExtraGroup. With an expiry, the authenticator refuses the
+// token after it and the controller manager's tokencleaner deletes the
+// Secret.
+func bootstrapTokenSecret(i bootstraptoken.Issued) *corev1.Secret {
+	t := i.Token
+	s := &corev1.Secret{
 		TypeMeta:   typeMeta(corev1.SchemeGroupVersion, "Secret"),
 		ObjectMeta: metav1.ObjectMeta{Name: bootstraptoken.SecretName(t), Namespace: systemNamespace},
 		Type:       corev1.SecretTypeBootstrapToken,
@@ -235,6 +240,10 @@ func bootstrapTokenSecret(t bootstraptoken.Token) *corev1.Secret {
 			"auth-extra-groups":              []byte(bootstraptoken.ExtraGroup),
 		},
 	}
+	if !i.Expires.IsZero() {
+		s.Data["expiration"] = []byte(i.Expires.UTC().Format(time.RFC3339))
+	}
+	return s
 }
 
 func clusterRoleBinding(name, role string, subjects ...rbacv1.Subject) *rbacv1.ClusterRoleBinding {

@@ -19,11 +19,14 @@ import (
 	"github.com/kopsnode/agents/pkg/testtools"
 )
 
-var testToken = bootstraptoken.Token{ID: "abcdef", Secret: "0123456789abcdef"}
+var testToken = bootstraptoken.Issued{
+	Token:   bootstraptoken.Token{ID: "abcdef", Secret: "0123456789abcdef"},
+	Created: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC),
+	Expires: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
+}
 
 func testInputs() Inputs {
-	tok := testToken
-	return Inputs{ClusterDomain: "cluster.local", DNSIP: netip.MustParseAddr("100.64.0.10"), Token: &tok}
+	return Inputs{ClusterDomain: "cluster.local", DNSIP: netip.MustParseAddr("100.64.0.10"), Tokens: []bootstraptoken.Issued{testToken}}
 }
 
 func byKey(t *testing.T, objs []Object) map[string]Object {
@@ -88,7 +91,8 @@ func TestObjects(t *testing.T) {
 		t.Errorf("secret type %q", sec.Type)
 	}
 	for k, v := range map[string]string{"token-id": "abcdef", "token-secret": "0123456789abcdef",
-		"usage-bootstrap-authentication": "true", "auth-extra-groups": bootstraptoken.ExtraGroup} {
+		"usage-bootstrap-authentication": "true", "auth-extra-groups": bootstraptoken.ExtraGroup,
+		"expiration": "2026-12-01T12:00:00Z"} {
 		if string(sec.Data[k]) != v {
 			t.Errorf("secret %s = %q, want %q", k, sec.Data[k], v)
 		}
@@ -175,9 +179,31 @@ func TestObjectHashes(t *testing.T) {
 	}
 }
 
+// Every valid token gets its Secret (the current one and those a rotation
+// left valid); a token of the old format, without expiry, gets none.
+func TestObjectsTokenSecrets(t *testing.T) {
+	in := testInputs()
+	in.Tokens = append(in.Tokens, bootstraptoken.Issued{Token: bootstraptoken.Token{ID: "legacy", Secret: "0123456789abcdef"}})
+	objs, err := Objects(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byKey(t, objs)
+	if _, ok := m["Secret/kube-system/bootstrap-token-abcdef"]; !ok {
+		t.Error("no Secret for the current token")
+	}
+	legacy, ok := m["Secret/kube-system/bootstrap-token-legacy"]
+	if !ok {
+		t.Fatal("no Secret for the second token")
+	}
+	if _, has := legacy.Obj.(*corev1.Secret).Data["expiration"]; has {
+		t.Error("a token without expiry got an expiration")
+	}
+}
+
 func TestObjectsWithoutToken(t *testing.T) {
 	in := testInputs()
-	in.Token = nil
+	in.Tokens = nil
 	objs, err := Objects(in)
 	if err != nil {
 		t.Fatal(err)
@@ -234,11 +260,12 @@ func TestConfigValidate(t *testing.T) {
 	c := DefaultConfig()
 	c.Interval = 0
 	c.Kubeconfig = ""
+	c.BootstrapTokenTTL = time.Minute
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, f := range []string{"--config", "--store", "--kubeconfig", "--interval"} {
+	for _, f := range []string{"--config", "--store", "--kubeconfig", "--interval", "--bootstrap-token-ttl"} {
 		if !strings.Contains(err.Error(), f) {
 			t.Errorf("error does not name %s: %v", f, err)
 		}
@@ -258,6 +285,7 @@ func TestConfigArgsRoundTrip(t *testing.T) {
 			c := DefaultConfig()
 			c.ConfigFile, c.Store, c.Kubeconfig = "/c", storeurl.Settings{URL: "s3://b/p", Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true}, "/k"
 			c.Interval, c.WaitInterval, c.StatusListen = 5*time.Second, time.Second, ""
+			c.BootstrapTokenTTL = 6 * time.Hour
 			c.Log.Format, c.Log.Level = "json", "debug"
 			return c
 		}(),

@@ -56,8 +56,26 @@ type Status struct {
 	LastSuccess time.Time      `json:"lastSuccess,omitzero"`
 	Objects     []ObjectStatus `json:"objects"`
 	// Pruned are the objects deleted because they are no longer wanted
-	// (for example the Secret of a rotated bootstrap token), newest last.
+	// (for example the Secret of an expired bootstrap token), newest last.
 	Pruned []PrunedObject `json:"pruned,omitempty"`
+	// BootstrapToken is the state of the node bootstrap tokens after the
+	// last pass that read them.
+	BootstrapToken *TokenStatus `json:"bootstrapToken,omitempty"`
+}
+
+// TokenStatus describes the node bootstrap tokens (ids only, never a
+// secret).
+type TokenStatus struct {
+	// Current is the id of the token joining machines use.
+	Current string    `json:"current"`
+	Expires time.Time `json:"expires,omitzero"`
+	// Valid are the ids of the tokens whose Secrets are applied: the
+	// current one and those a rotation left valid until they expire.
+	Valid []string `json:"valid"`
+	// Decision is the last rotation decision, with its reason.
+	Decision string `json:"decision,omitempty"`
+	// LastRotation is when this process last replaced the token.
+	LastRotation time.Time `json:"lastRotation,omitzero"`
 }
 
 // ObjectStatus is the state of one wanted object.
@@ -99,7 +117,8 @@ type Deps struct {
 	Store store.Store
 	// Registry receives the metrics; nil: a new one.
 	Registry *prometheus.Registry
-	// Now is the clock of the status times; nil: time.Now.
+	// Now is the clock of the status times and of the bootstrap tokens'
+	// expiry and rotation; nil: time.Now.
 	Now func() time.Time
 }
 
@@ -162,9 +181,9 @@ func NewReconciler(cfg Config, deps Deps) (*Reconciler, error) {
 	return r, nil
 }
 
-// desired reads the configuration copy and the bootstrap token and builds
-// the objects. inputErrs lists inputs that could not be read (the objects
-// are built without them); err is fatal to the pass.
+// desired reads the configuration copy, creates or rotates the bootstrap
+// token, and builds the objects. inputErrs lists inputs that could not be
+// read (the objects are built without them); err is fatal to the pass.
 func (r *Reconciler) desired(ctx context.Context) (cluster string, objs []Object, inputErrs []string, err error) {
 	node, err := config.LoadNodeConfigFile(r.cfg.ConfigFile)
 	if err != nil {
@@ -175,14 +194,52 @@ func (r *Reconciler) desired(ctx context.Context) (cluster string, objs []Object
 	if err != nil {
 		return cluster, nil, nil, err
 	}
-	tok, err := bootstraptoken.Read(ctx, r.st, cluster)
+	tokens, err := r.tokens(ctx, cluster)
 	if err != nil {
 		inputErrs = append(inputErrs, "node bootstrap token: "+err.Error())
 	} else {
-		in.Token = &tok
+		in.Tokens = tokens
 	}
 	objs, err = Objects(in)
 	return cluster, objs, inputErrs, err
+}
+
+// tokens creates the cluster's bootstrap token when there is none and
+// rotates it when its life is running out, then returns the tokens whose
+// Secrets are wanted: every one that has not expired. Every control-plane
+// node does this; the store's conditional writes let one of them win.
+func (r *Reconciler) tokens(ctx context.Context, cluster string) ([]bootstraptoken.Issued, error) {
+	res, err := bootstraptoken.Issuer{Store: r.st, Cluster: cluster, Policy: r.cfg.TokenPolicy(), Now: r.now}.Rotate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := r.now()
+	url := store.JoinURL(r.st.URL(), bootstraptoken.Key(cluster))
+	cur := res.Tokens.Current
+	switch {
+	case res.Created:
+		r.log.Info("created the node bootstrap token", "token", cur, "url", url)
+	case res.Rotated:
+		r.log.Info("rotated the node bootstrap token; the old one stays valid until it expires",
+			"token", cur, "previous", res.Tokens.Previous[0], "reason", res.Decision.Reason, "url", url)
+	case res.Decision.Rotate:
+		r.log.Info("another control-plane node rotated the node bootstrap token first", "token", cur, "url", url)
+	}
+	valid := res.Tokens.Valid(now)
+	ts := &TokenStatus{Current: cur.Token.ID, Expires: cur.Expires, Decision: res.Decision.Reason, Valid: []string{}}
+	for _, i := range valid {
+		ts.Valid = append(ts.Valid, i.Token.ID)
+	}
+	r.mu.Lock()
+	if prev := r.status.BootstrapToken; prev != nil {
+		ts.LastRotation = prev.LastRotation
+	}
+	if res.Rotated {
+		ts.LastRotation = now
+	}
+	r.status.BootstrapToken = ts
+	r.mu.Unlock()
+	return valid, nil
 }
 
 // client loads the kubeconfig (every pass, so a rotated admin certificate
@@ -456,6 +513,11 @@ func (r *Reconciler) copyStatusLocked() Status {
 	st.Objects = append([]ObjectStatus{}, st.Objects...)
 	st.Pruned = append([]PrunedObject(nil), st.Pruned...)
 	st.InputErrors = append([]string(nil), st.InputErrors...)
+	if st.BootstrapToken != nil {
+		ts := *st.BootstrapToken
+		ts.Valid = append([]string{}, ts.Valid...)
+		st.BootstrapToken = &ts
+	}
 	return st
 }
 

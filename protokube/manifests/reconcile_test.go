@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kopsnode/agents/pkg/bootstraptoken"
+	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/store/file"
 )
 
@@ -44,14 +46,29 @@ func TestPassReportsWhatIsMissing(t *testing.T) {
 	if s.Ready || s.APIReady || !strings.Contains(s.Error, "admin.conf") || s.Cluster != testCluster {
 		t.Errorf("missing kubeconfig: %+v", s)
 	}
-	// The token is not in the store either: reported with its URL, not fatal.
+	// The store has no token yet: the control plane creates it, even
+	// before the API server answers, so that workers can read it.
+	tok, err := bootstraptoken.ReadUsable(ctx, st, testCluster, time.Now())
+	if err != nil {
+		t.Fatalf("no usable token after a pass: %v", err)
+	}
+	if len(s.InputErrors) != 0 || s.BootstrapToken == nil || s.BootstrapToken.Current != tok.Token.ID ||
+		!s.BootstrapToken.Expires.Equal(tok.Expires) || len(s.BootstrapToken.Valid) != 1 {
+		t.Errorf("input errors %v, token status %+v", s.InputErrors, s.BootstrapToken)
+	}
+	// An unreadable token is reported with its URL, not fatal, and left
+	// as it is.
+	if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), strings.NewReader("not a token"), store.Condition{}); err != nil {
+		t.Fatal(err)
+	}
+	s = r.Pass(ctx)
 	if len(s.InputErrors) != 1 || !strings.Contains(s.InputErrors[0], "secrets/node-bootstrap-token") {
 		t.Errorf("input errors: %v", s.InputErrors)
 	}
 	if err := r.health(ctx); err == nil || !strings.Contains(err.Error(), "admin.conf") {
 		t.Errorf("health: %v", err)
 	}
-	if s.Passes != 2 || s.LastPass.IsZero() || !s.LastSuccess.IsZero() {
+	if s.Passes != 3 || s.LastPass.IsZero() || !s.LastSuccess.IsZero() {
 		t.Errorf("pass accounting: %+v", s)
 	}
 }
