@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/nodeup/fsroot"
+	"github.com/kopsnode/agents/nodeup/nodecheck"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/logging"
 )
@@ -92,12 +93,14 @@ func applyCommand(openStore StoreOpener) *cli.Command {
 
 func statusCommand() *cli.Command {
 	var root, out string
+	var checkTO time.Duration
 	return &cli.Command{
 		Name:    "status",
-		Summary: "print the last run's result: failed tasks first, with their errors",
+		Summary: "print the last run's result (failed tasks first, with their errors) and why the node has or has not joined",
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&root, "root", "/", "root the node was converged under")
 			fs.StringVar(&out, "o", "text", "output format: text or json")
+			fs.DurationVar(&checkTO, "check-timeout", nodecheck.DefaultTimeout, "deadline of each node check (units, API name, /readyz, CSRs, Node)")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			f, err := fsroot.New(root)
@@ -109,7 +112,9 @@ func statusCommand() *cli.Command {
 				return err
 			}
 			st.SortTasks()
-			if err := cli.Print(env.Stdout, out, st, st.Human); err != nil {
+			checks := NodeChecks(ctx, f, st, checkTO)
+			rep := &StatusReport{Status: st, Checks: &checks}
+			if err := cli.Print(env.Stdout, out, rep, rep.Human); err != nil {
 				return err
 			}
 			if st.Result != "converged" {

@@ -1,16 +1,24 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/fsroot"
+	"github.com/kopsnode/agents/nodeup/model"
+	"github.com/kopsnode/agents/nodeup/nodecheck"
+	"github.com/kopsnode/agents/pkg/bootstraptoken"
+	"github.com/kopsnode/agents/pkg/store"
+	units "github.com/kopsnode/agents/systemd-units"
 )
 
 // StatusPath is the status file inside the root.
@@ -122,4 +130,165 @@ func (s *Status) Human(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// StatusReport is what `nodeup status` prints: the last run's status and,
+// under "checks", why the node has or has not joined the cluster.
+type StatusReport struct {
+	*Status
+	Checks *nodecheck.Report `json:"checks,omitempty"`
+}
+
+// Human prints the run's status, then the node checks.
+func (r *StatusReport) Human(w io.Writer) error {
+	if err := r.Status.Human(w); err != nil {
+		return err
+	}
+	if r.Checks != nil {
+		humanChecks(w, r.Checks, time.Now())
+	}
+	return nil
+}
+
+// unitsUnavailable answers every unit read with why units are not read.
+type unitsUnavailable struct{ why string }
+
+func (u unitsUnavailable) UnitState(context.Context, string) (nodecheck.UnitState, error) {
+	return nodecheck.UnitState{}, errors.New(u.why)
+}
+
+// NodeChecks runs the node checks for a node converged under f with the
+// given last-run status: units over D-Bus (only on a live root with
+// systemd running), the API server and the kubelet's credentials from the
+// kubeconfig paths of the node model.
+func NodeChecks(ctx context.Context, f *fsroot.FS, st *Status, timeout time.Duration) nodecheck.Report {
+	in := nodecheck.Inputs{
+		Files:     f,
+		Resolver:  net.DefaultResolver,
+		UnitNames: []string{units.Containerd().Name, units.Kubelet(model.KubeletEnv).Name},
+		Paths: nodecheck.Paths{
+			KubeletKubeconfig:   model.KubeletKubeconfig,
+			BootstrapKubeconfig: model.KubeletBootstrapKubeconfig,
+			CAFile:              model.KubeletClientCA,
+		},
+		NodeName: hostname(f),
+		Timeout:  timeout,
+	}
+	if st.Store != "" && st.Cluster != "" {
+		in.TokenSource = store.JoinURL(st.Store, bootstraptoken.Key(st.Cluster))
+	}
+	switch {
+	case !f.IsLive():
+		in.Units = unitsUnavailable{"not read: --root is not this machine's root"}
+	case !units.Booted():
+		in.Units = unitsUnavailable{"not read: systemd is not running on this machine (no /run/systemd/system)"}
+	default:
+		d := nodecheck.NewDBusUnits()
+		defer d.Close()
+		in.Units = d
+	}
+	return nodecheck.Run(ctx, in)
+}
+
+// humanChecks prints the node checks for an operator.
+func humanChecks(w io.Writer, r *nodecheck.Report, now time.Time) {
+	fmt.Fprintf(w, "node:\n")
+	for _, u := range r.Units {
+		switch {
+		case u.Unknown != "":
+			fmt.Fprintf(w, "  %-12s unknown: %s\n", unitShort(u.Name), u.Unknown)
+		case u.LoadState == "not-found":
+			fmt.Fprintf(w, "  %-12s not installed\n", unitShort(u.Name))
+		default:
+			line := fmt.Sprintf("  %-12s %s (%s)", unitShort(u.Name), u.ActiveState, u.SubState)
+			if u.Result != "" && u.Result != "success" {
+				line += ", last result " + u.Result
+			}
+			if !u.Since.IsZero() {
+				line += " since " + u.Since.Format(time.RFC3339) + " (" + ago(now, u.Since) + ")"
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+
+	a := r.API
+	switch {
+	case a.Unknown != "":
+		fmt.Fprintf(w, "  api          unknown: %s\n", a.Unknown)
+	default:
+		fmt.Fprintf(w, "  api          %s (from %s)\n", a.Server, a.From)
+		switch {
+		case a.Resolves:
+			fmt.Fprintf(w, "    resolves   %s -> %s\n", a.Host, strings.Join(a.Addresses, ", "))
+		case a.Host != "":
+			fmt.Fprintf(w, "    resolves   no: %s\n", a.Error)
+		}
+		switch {
+		case a.Ready:
+			fmt.Fprintf(w, "    answers    yes, /readyz %s\n", a.Readyz)
+		case a.Answers:
+			fmt.Fprintf(w, "    answers    yes, not ready: %s\n", a.Readyz)
+		case a.Resolves || a.Host == "":
+			fmt.Fprintf(w, "    answers    no: %s\n", a.Error)
+		}
+	}
+
+	c := r.Certificate
+	switch {
+	case c.Issued:
+		fmt.Fprintf(w, "  certificate  issued: %s, %s, expires %s\n", c.Path, c.Subject, c.NotAfter.Format(time.RFC3339))
+		if c.Error != "" {
+			fmt.Fprintf(w, "    error      %s\n", c.Error)
+		}
+	case c.Error != "":
+		fmt.Fprintf(w, "  certificate  not issued: %s\n", c.Error)
+	case c.Unknown != "":
+		fmt.Fprintf(w, "  certificate  not issued; %s\n", c.Unknown)
+	default:
+		fmt.Fprintf(w, "  certificate  not issued yet\n")
+	}
+	if !c.Issued && c.BootstrapToken != nil && c.Error == "" {
+		if len(c.CSRs) == 0 {
+			fmt.Fprintf(w, "    csr        none from this node yet (bootstrap token %s)\n", c.BootstrapToken.ID)
+		}
+		for i, q := range c.CSRs {
+			if i == 3 {
+				fmt.Fprintf(w, "    csr        ... %d older\n", len(c.CSRs)-i)
+				break
+			}
+			line := fmt.Sprintf("    csr        %s %s, created %s by %s", q.Name, q.State, q.Created.Format(time.RFC3339), q.Requestor)
+			if q.Reason != "" || q.Message != "" {
+				line += ": " + strings.TrimSpace(q.Reason+" "+q.Message)
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+
+	n := r.Node
+	switch {
+	case n.Unknown != "":
+		fmt.Fprintf(w, "  node Ready   unknown: %s\n", n.Unknown)
+	case n.Error != "":
+		fmt.Fprintf(w, "  node Ready   unknown: %s\n", n.Error)
+	default:
+		line := fmt.Sprintf("  node Ready   %s (Node %s", n.Ready, n.Name)
+		if !n.LastTransition.IsZero() {
+			line += ", since " + n.LastTransition.Format(time.RFC3339) + " (" + ago(now, n.LastTransition) + ")"
+		}
+		line += ")"
+		if n.Reason != "" || n.Message != "" {
+			line += ": " + strings.TrimSpace(n.Reason+" "+n.Message)
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+func unitShort(name string) string { return strings.TrimSuffix(name, ".service") }
+
+func ago(now, t time.Time) string {
+	d := now.Sub(t)
+	if d < 0 {
+		d = 0
+	}
+	return d.Round(time.Second).String() + " ago"
 }
