@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kopsnode/agents/pkg/config"
 )
 
 // BootConfig is what the bootstrap script writes to /etc/nodeup/boot.yaml and
@@ -115,4 +117,4 @@ func isHexSHA256(s string) bool {
 }
 
 // ConfigKey is the store key of a group's node configuration.
-func ConfigKey(cluster, group string) string { return cluster + "/nodeup/" + group + ".yaml" }
+func ConfigKey(cluster, group string) string { return config.NodeConfigKey(cluster, group) }

@@ -23,6 +23,13 @@ const (
 	// DNSZonePrefix is prepended to the cluster name to make the default
 	// internal zone.
 	DNSZonePrefix = "internal."
+	// DefaultControlPlaneTaint keeps ordinary pods off control-plane nodes
+	// (a control-plane instance group without taints gets it).
+	DefaultControlPlaneTaint = "node-role.kubernetes.io/control-plane:NoSchedule"
+	// Names of the instance groups a cluster spec without instanceGroups
+	// gets.
+	DefaultControlPlaneGroup = "control-plane"
+	DefaultNodesGroup        = "nodes"
 )
 
 // Gossip seed providers.
@@ -74,6 +81,25 @@ func (c *Cluster) SetDefaults() {
 		defaultEtcdCluster(&s.EtcdClusters[i])
 	}
 	defaultGossip(s.Gossip)
+	defaultInstanceGroups(s)
+}
+
+// defaultInstanceGroups gives a cluster without instance groups one
+// control-plane group and one worker group, and control-plane groups
+// without taints the control-plane taint.
+func defaultInstanceGroups(s *ClusterSpec) {
+	if len(s.InstanceGroups) == 0 {
+		s.InstanceGroups = []InstanceGroupSpec{
+			{Name: DefaultControlPlaneGroup, Role: RoleControlPlane},
+			{Name: DefaultNodesGroup, Role: RoleNode},
+		}
+	}
+	for i := range s.InstanceGroups {
+		g := &s.InstanceGroups[i]
+		if g.Role == RoleControlPlane && g.Taints == nil {
+			g.Taints = []string{DefaultControlPlaneTaint}
+		}
+	}
 }
 
 // SetDefaults fills in the fields of the node configuration that were left

@@ -48,11 +48,67 @@ type ClusterSpec struct {
 	EtcdClusters     []EtcdClusterSpec    `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
 	Gossip           *GossipSpec          `yaml:"gossip,omitempty" json:"gossip,omitempty"`
 	ContainerRuntime ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
+	// Assets says where `nodeup render` finds the release files the node
+	// configurations pin (docs/cluster-render.md).
+	Assets *ClusterAssetsSpec `yaml:"assets,omitempty" json:"assets,omitempty"`
+	// Kubelet holds the kubelet settings every node of the cluster shares;
+	// `nodeup render` copies them into each node configuration.
+	Kubelet *ClusterKubeletSpec `yaml:"kubelet,omitempty" json:"kubelet,omitempty"`
+	// InstanceGroups are the groups of machines `nodeup render` writes a
+	// node configuration for (default: "control-plane" and "nodes").
+	InstanceGroups []InstanceGroupSpec `yaml:"instanceGroups,omitempty" json:"instanceGroups,omitempty"`
 }
 
+// ClusterAssetsSpec locates the release mirror that `nodeup render` pins
+// every asset from.
+type ClusterAssetsSpec struct {
+	// Mirror is the base URL of the release mirror (http or https),
+	// laid out as package releases describes; air-gapped clusters point it
+	// at their own copy.
+	Mirror string `yaml:"mirror" json:"mirror"`
+	// NodeupVersion is the kopsnode release whose nodeup, protokube and
+	// etcd-manager the nodes run (default: the version of the nodeup that
+	// renders).
+	NodeupVersion string `yaml:"nodeupVersion,omitempty" json:"nodeupVersion,omitempty"`
+	// AdditionalImages are names of extra OCI image tarballs on the mirror
+	// (images/<name>.tar) that every node imports into containerd.
+	AdditionalImages []string `yaml:"additionalImages,omitempty" json:"additionalImages,omitempty"`
+}
+
+// ClusterKubeletSpec are the kubelet settings that make sense for every
+// node of a cluster (the node-specific ones are in KubeletSpec).
+type ClusterKubeletSpec struct {
+	// FailCgroupV1 is KubeletSpec.FailCgroupV1 for every node.
+	FailCgroupV1 *bool `yaml:"failCgroupV1,omitempty" json:"failCgroupV1,omitempty"`
+	// MaxPods is KubeletSpec.MaxPods for every node (default 110).
+	MaxPods int `yaml:"maxPods,omitempty" json:"maxPods,omitempty"`
+	// ClusterDomain is KubeletSpec.ClusterDomain (default cluster.local).
+	ClusterDomain string `yaml:"clusterDomain,omitempty" json:"clusterDomain,omitempty"`
+	// ResolvConf is KubeletSpec.ResolvConf for every node.
+	ResolvConf string `yaml:"resolvConf,omitempty" json:"resolvConf,omitempty"`
+	// ExtraArgs is KubeletSpec.ExtraArgs for every node.
+	ExtraArgs map[string]string `yaml:"extraArgs,omitempty" json:"extraArgs,omitempty"`
+}
+
+// InstanceGroupSpec is a group of machines that share one node
+// configuration (<store>/<cluster>/nodeup/<name>.yaml).
+type InstanceGroupSpec struct {
+	Name string `yaml:"name" json:"name"`
+	Role Role   `yaml:"role" json:"role"`
+	// Taints are the kubelet's registration taints (key[=value]:Effect).
+	// A control-plane group without taints (an empty list counts as none)
+	// gets node-role.kubernetes.io/control-plane:NoSchedule.
+	Taints []string `yaml:"taints,omitempty" json:"taints,omitempty"`
+	// NodeLabels are labels the kubelet registers the node with.
+	NodeLabels map[string]string `yaml:"nodeLabels,omitempty" json:"nodeLabels,omitempty"`
+}
+
+// NodeConfigKey is the store key of an instance group's node configuration.
+func NodeConfigKey(cluster, group string) string { return cluster + "/nodeup/" + group + ".yaml" }
+
 // NodeConfig is the complete configuration nodeup applies to one instance
-// group, stored at <store>/<cluster>/nodeup/<group>.yaml. Its sha256 is
-// pinned in the node's userdata.
+// group, stored at <store>/<cluster>/nodeup/<group>.yaml (NodeConfigKey). Its
+// sha256 is pinned in the node's userdata.
 type NodeConfig struct {
 	TypeMeta `yaml:",inline" json:",inline"`
 	Metadata ObjectMeta     `yaml:"metadata" json:"metadata"` // the instance group's name

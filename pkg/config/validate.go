@@ -103,6 +103,9 @@ func (c *Cluster) Validate() error {
 		v.kubenetNeedsGossip("spec.gossip", &s.Networking, s.Gossip)
 	}
 	v.gossip("spec.gossip", s.Gossip, ports)
+	v.clusterAssets("spec.assets", s.Assets)
+	v.clusterKubelet("spec.kubelet", s.Kubelet)
+	v.instanceGroups("spec.instanceGroups", s.InstanceGroups)
 	return v.errs.err()
 }
 
@@ -505,6 +508,110 @@ func (v *validator) kubelet(path string, k *KubeletSpec) {
 		}
 		if strings.ContainsAny(k.ExtraArgs[key], "\n\r\x00") {
 			v.add(p, "value contains a line break or NUL")
+		}
+	}
+}
+
+var (
+	nodeupVersionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$`)
+	imageNameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+)
+
+// reservedImages are the image tarballs every rendered node gets already.
+func reservedImages() []string { return []string{"pause", "coredns"} }
+
+func (v *validator) clusterAssets(path string, a *ClusterAssetsSpec) {
+	if a == nil {
+		return
+	}
+	if a.Mirror == "" {
+		v.add(path+".mirror", "required: the base URL of the release mirror, for example https://mirror.example.com/kopsnode-releases")
+	} else if u, err := url.Parse(a.Mirror); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		// Nodes and the userdata script download from it: http(s) only.
+		v.add(path+".mirror", fmt.Sprintf("%q is not an http or https URL", a.Mirror))
+	} else if u.Host == "" {
+		v.add(path+".mirror", fmt.Sprintf("%q names no host", a.Mirror))
+	} else if u.RawQuery != "" || u.Fragment != "" {
+		v.add(path+".mirror", fmt.Sprintf("%q: a base URL has no query or fragment", a.Mirror))
+	}
+	if a.NodeupVersion != "" && !nodeupVersionRE.MatchString(a.NodeupVersion) {
+		v.add(path+".nodeupVersion", fmt.Sprintf("%q is not a release version (letters, digits, '.', '+', '_', '-')", a.NodeupVersion))
+	}
+	seen := map[string]int{}
+	for i, name := range a.AdditionalImages {
+		p := fmt.Sprintf("%s.additionalImages[%d]", path, i)
+		switch j, dup := seen[name]; {
+		case !imageNameRE.MatchString(name):
+			v.add(p, fmt.Sprintf("%q is not an image tarball name (lowercase letters, digits, '.', '_', '-'; the mirror holds images/<name>.tar)", name))
+		case slices.Contains(reservedImages(), name):
+			v.add(p, fmt.Sprintf("%q is already every node's (from the version table)", name))
+		case dup:
+			v.add(p, fmt.Sprintf("%q is already listed at %s.additionalImages[%d]", name, path, j))
+		default:
+			seen[name] = i
+		}
+	}
+}
+
+func (v *validator) clusterKubelet(path string, k *ClusterKubeletSpec) {
+	if k == nil {
+		return
+	}
+	if k.MaxPods != 0 && (k.MaxPods < 1 || k.MaxPods > 1024) {
+		v.add(path+".maxPods", fmt.Sprintf("%d is out of range (1 to 1024)", k.MaxPods))
+	}
+	v.dnsName(path+".clusterDomain", k.ClusterDomain, false)
+	if k.ResolvConf != "" && (!strings.HasPrefix(k.ResolvConf, "/") || strings.ContainsAny(k.ResolvConf, "\n\r\x00")) {
+		v.add(path+".resolvConf", fmt.Sprintf("%q is not an absolute file path", k.ResolvConf))
+	}
+	v.extraArgs(path+".extraArgs", k.ExtraArgs)
+}
+
+func (v *validator) instanceGroups(path string, groups []InstanceGroupSpec) {
+	names := map[string]int{}
+	controlPlanes := 0
+	for i := range groups {
+		g := &groups[i]
+		p := fmt.Sprintf("%s[%d]", path, i)
+		switch j, dup := names[g.Name]; {
+		case g.Name == "":
+			v.add(p+".name", `required: for example "control-plane" or "nodes"`)
+		case !dnsLabelRE.MatchString(g.Name):
+			v.add(p+".name", fmt.Sprintf("%q is not a valid instance group name (lowercase letters, digits and '-', at most 63 characters)", g.Name))
+		case dup:
+			v.add(p+".name", fmt.Sprintf("%q is already the name of %s[%d]", g.Name, path, j))
+		default:
+			names[g.Name] = i
+		}
+		switch g.Role {
+		case RoleControlPlane:
+			controlPlanes++
+		case RoleNode:
+		case "":
+			v.add(p+".role", fmt.Sprintf("required: %q or %q", RoleControlPlane, RoleNode))
+		default:
+			v.add(p+".role", fmt.Sprintf("%q is not a role; must be %q or %q", g.Role, RoleControlPlane, RoleNode))
+		}
+		for j, t := range g.Taints {
+			if msg := taintProblem(t); msg != "" {
+				v.add(fmt.Sprintf("%s.taints[%d]", p, j), msg)
+			}
+		}
+		v.nodeLabels(p+".nodeLabels", g.NodeLabels)
+	}
+	if len(groups) > 0 && controlPlanes == 0 {
+		v.add(path, fmt.Sprintf("needs an instance group with role %q: the control plane runs there", RoleControlPlane))
+	}
+}
+
+func (v *validator) nodeLabels(path string, labels map[string]string) {
+	for _, key := range sortedKeys(labels) {
+		p := path + "[" + strconv.Quote(key) + "]"
+		if !isLabelKey(key) {
+			v.add(p, fmt.Sprintf("%q is not a valid label key ([prefix/]name, name of at most 63 letters, digits, '-', '_', '.')", key))
+		}
+		if val := labels[key]; !labelValueRE.MatchString(val) {
+			v.add(p, fmt.Sprintf("%q is not a valid label value (at most 63 letters, digits, '-', '_', '.')", val))
 		}
 	}
 }
