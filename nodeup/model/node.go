@@ -127,7 +127,7 @@ func (kubeletBuilder) Build(in *Input, c *Collector) error {
 		credentials = KubeletBootstrapKubeconfig
 		if err := c.Add(&tasks.BootstrapKubeconfig{
 			Path: KubeletBootstrapKubeconfig, Server: spec.Kubelet.APIServer, CA: pki.CAKubernetes,
-			Keystore: in.Keystore, Store: in.Store, Cluster: in.cluster(),
+			Keystore: in.Keystore, Store: in.Store, Cluster: in.cluster(), Now: in.Now,
 		}); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/fsroot"
@@ -71,7 +72,10 @@ type BootstrapKubeconfig struct {
 	// Store and Cluster locate the token (bootstraptoken.Key(Cluster)).
 	Store   store.Store
 	Cluster string
-	Needs   []string
+	// Now is the clock against which the token's expiry is checked
+	// (time.Now when nil).
+	Now   func() time.Time
+	Needs []string
 }
 
 // BootstrapUser names the user entry of bootstrap kubeconfigs.
@@ -89,7 +93,13 @@ func (t *BootstrapKubeconfig) Find(ctx context.Context, env *engine.Env) (engine
 	if err != nil {
 		return nil, fmt.Errorf("writing %s: %w", t.Path, err)
 	}
-	tok, err := bootstraptoken.Read(ctx, t.Store, t.Cluster)
+	now := time.Now
+	if t.Now != nil {
+		now = t.Now
+	}
+	// An expired token is an error (retried: the control plane replaces
+	// it), never written: the kubelet would be refused with no hint why.
+	tok, err := bootstraptoken.ReadUsable(ctx, t.Store, t.Cluster, now())
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			err = fmt.Errorf("no node bootstrap token at %s (a control-plane node creates it on its first run): %w",
@@ -99,7 +109,7 @@ func (t *BootstrapKubeconfig) Find(ctx context.Context, env *engine.Env) (engine
 	}
 	b, err := kuberender.Kubeconfig(kuberender.KubeconfigSpec{
 		Server: t.Server, CAPEM: ca, User: BootstrapUser,
-		Credentials: kuberender.Credentials{Token: tok.String()},
+		Credentials: kuberender.Credentials{Token: tok.Token.String()},
 	})
 	if err != nil {
 		return nil, &engine.Permanent{Err: fmt.Errorf("writing %s: %w", t.Path, err)}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/fsroot"
@@ -83,6 +84,34 @@ func TestBootstrapKubeconfigAndCACertWithoutCAKey(t *testing.T) {
 	}
 	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v", fi.Mode())
+	}
+
+	// Once the token has expired (the control plane did not replace it),
+	// a worker's run fails with an error naming the token, its expiry and
+	// the store key; it is retried, not permanent, and nothing is written.
+	issued, err := bootstraptoken.ReadUsable(ctx, s, "c", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := *bk
+	late.Path = "/var/lib/kubelet/late-bootstrap-kubeconfig"
+	late.Now = func() time.Time { return issued.Expires.Add(time.Minute) }
+	_, err = late.Find(ctx, e)
+	var expired *bootstraptoken.ExpiredError
+	if !errors.As(err, &expired) {
+		t.Fatalf("Find with an expired token: %v", err)
+	}
+	for _, want := range []string{issued.Token.ID, issued.Expires.UTC().Format(time.RFC3339), "c/" + bootstraptoken.StoreKey, "expired", late.Path} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	var perm *engine.Permanent
+	if errors.As(err, &perm) || strings.Contains(err.Error(), issued.Token.Secret) {
+		t.Errorf("the expired-token error is permanent or shows the secret: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, late.Path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a bootstrap kubeconfig with an expired token was written: %v", err)
 	}
 }
 
