@@ -104,7 +104,10 @@ func BootstrapTokenOf(k *Kubeconfig, source string) (*Token, error) {
 // place it came from.
 func CheckCSRs(ctx context.Context, cs kubernetes.Interface, nodeName string, tok *Token, c *Certificate) {
 	c.BootstrapToken = tok
-	list, err := cs.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	// Only kubelet client requests: a busy cluster has many others.
+	list, err := cs.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{
+		FieldSelector: "spec.signerName=" + certv1.KubeAPIServerClientKubeletSignerName,
+	})
 	switch {
 	case err == nil:
 	case apierrors.IsUnauthorized(err):
