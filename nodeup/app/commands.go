@@ -25,6 +25,7 @@ func NewApp(openStore StoreOpener) *cli.App {
 			applyCommand(openStore),
 			statusCommand(),
 			bootstrapCommand(),
+			renderCommand(openStore),
 		},
 	}
 }
