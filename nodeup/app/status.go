@@ -218,6 +218,8 @@ func humanChecks(w io.Writer, r *nodecheck.Report, now time.Time) {
 	default:
 		fmt.Fprintf(w, "  api          %s (from %s)\n", a.Server, a.From)
 		switch {
+		case a.Resolves && len(a.Addresses) == 1 && a.Addresses[0] == a.Host:
+			fmt.Fprintf(w, "    address    %s (no name to resolve)\n", a.Host)
 		case a.Resolves:
 			fmt.Fprintf(w, "    resolves   %s -> %s\n", a.Host, strings.Join(a.Addresses, ", "))
 		case a.Host != "":
