@@ -225,7 +225,7 @@ func nodeNameOf(k *Kubeconfig, fallback string) string {
 	return fallback
 }
 
-func noKubeconfig(p Paths, kubeletErr, bootErr error) string {
+func noKubeconfig(kubeletErr, bootErr error) string {
 	var why []string
 	for _, e := range []error{kubeletErr, bootErr} {
 		if e != nil {

@@ -187,7 +187,7 @@ func Run(ctx context.Context, in Inputs) Report {
 	}
 	var conn *Conn
 	if apiFrom == nil {
-		r.API.Unknown = noKubeconfig(in.Paths, kubeletErr, bootErr)
+		r.API.Unknown = noKubeconfig(kubeletErr, bootErr)
 	} else {
 		ca := apiFrom.CAPEM
 		if len(ca) == 0 && in.Paths.CAFile != "" {
