@@ -495,3 +495,50 @@ func TestExampleClusterRenders(t *testing.T) {
 		t.Errorf("plan of the example: %d groups, %d etcd specs, nodeup %s", len(p.Groups), len(p.EtcdSpecs), p.Nodeup.URL)
 	}
 }
+
+// Every cluster-wide kubelet setting reaches every node configuration.
+func TestClusterKubeletReachesNodes(t *testing.T) {
+	m := newMirror(t, testTable())
+	data := strings.Replace(string(clusterYAML(m.URL, clusterOpts{})), "    failCgroupV1: false\n",
+		"    failCgroupV1: false\n    maxPods: 64\n    clusterDomain: corp.local\n    resolvConf: /run/systemd/resolve/resolv.conf\n    extraArgs: {v: \"4\"}\n", 1)
+	_, p, err := run(t, fileStore(t), []byte(data), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range p.Groups {
+		k := g.Config.Spec.Kubelet
+		if k.FailCgroupV1 == nil || *k.FailCgroupV1 || k.MaxPods != 64 || k.ClusterDomain != "corp.local" ||
+			k.ResolvConf != "/run/systemd/resolve/resolv.conf" || k.ExtraArgs["v"] != "4" {
+			t.Errorf("group %s: kubelet %+v", g.Name, k)
+		}
+	}
+}
+
+// A CA whose public certificate copy is missing (its creator stopped
+// between the two writes) gets it back; the CA itself is kept.
+func TestRenderHealsCACertificate(t *testing.T) {
+	ctx := context.Background()
+	st := fileStore(t)
+	m := newMirror(t, testTable())
+	data := clusterYAML(m.URL, clusterOpts{})
+	mustRun(t, st, data, false)
+	ks, _ := pki.NewKeystore(st, testCluster+"/pki", nil, nil)
+	ca, err := ks.LoadCA(ctx, pki.CAKubernetes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, testCluster+"/pki/"+pki.CAKubernetes+"/ca.crt"); err != nil {
+		t.Fatal(err)
+	}
+	res := mustRun(t, st, data, true)
+	var human bytes.Buffer
+	res.Human(&human)
+	if !strings.Contains(human.String(), "would update CA kubernetes-ca") || res.Changed() != 1 {
+		t.Errorf("dry run with a missing ca.crt:\n%s", human.String())
+	}
+	mustRun(t, st, data, false)
+	cert, err := ks.LoadCACert(ctx, pki.CAKubernetes)
+	if err != nil || !cert.Equal(ca.Cert()) {
+		t.Errorf("ca.crt after render: %v (same CA: %t)", err, err == nil && cert.Equal(ca.Cert()))
+	}
+}
