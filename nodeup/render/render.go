@@ -24,6 +24,9 @@ import (
 	"github.com/kopsnode/agents/pkg/version"
 )
 
+// DefaultMirrorTimeout bounds each request to the mirror.
+const DefaultMirrorTimeout = 30 * time.Second
+
 // Options configure Run.
 type Options struct {
 	// ClusterData is the cluster spec document; Source names it in errors
@@ -38,9 +41,11 @@ type Options struct {
 	// KopsnodeVersion is the default of spec.assets.nodeupVersion (default
 	// the running binary's version).
 	KopsnodeVersion string
-	HTTPClient      *http.Client
-	Log             *slog.Logger
-	Now             func() time.Time
+	// HTTPClient fetches the mirror's hashes (default: one with
+	// DefaultMirrorTimeout per request).
+	HTTPClient *http.Client
+	Log        *slog.Logger
+	Now        func() time.Time
 	// Rand supplies the gossip key (default crypto/rand).
 	Rand io.Reader
 }
@@ -124,6 +129,10 @@ func Run(ctx context.Context, o Options) (*Result, *Plan, error) {
 	}
 	if o.KopsnodeVersion == "" {
 		o.KopsnodeVersion = version.Version
+	}
+	if o.HTTPClient == nil {
+		// A mirror that stops answering fails the run instead of hanging it.
+		o.HTTPClient = &http.Client{Timeout: DefaultMirrorTimeout}
 	}
 	c, in, err := Prepare(o.ClusterData, o.Source, o.Table, o.KopsnodeVersion)
 	if err != nil {
