@@ -49,6 +49,7 @@ type runFlags struct {
 	peers       string
 	metricsAddr string
 	extraSANs   string
+	backupStore string
 	log         logging.Options
 }
 
@@ -79,6 +80,8 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.LeaseDuration, "lease-duration", d.LeaseDuration, "leader lease duration")
 	fs.DurationVar(&f.cfg.PeerTimeout, "peer-timeout", d.PeerTimeout, "timeout of one peer call")
 	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
+	fs.DurationVar(&f.cfg.Backups.Interval, "backup-interval", d.Backups.Interval, "interval of the leader's scheduled full backups (0: none; backups before membership changes and backup-now still run)")
+	fs.StringVar(&f.backupStore, "backup-store", "", "store URL the backups go to, with the --store settings (default: the state store)")
 	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "listen address of /healthz, /metrics and /status (default 127.0.0.1:3991 main, 127.0.0.1:3992 events)")
 	f.log.AddFlags(fs)
@@ -179,6 +182,14 @@ func runCommand() *cli.Command {
 			}
 			defer st.Close()
 			cfg.Store = st
+			if f.backupStore != "" {
+				bst, err := storeurl.Open(ctx, f.backupStore, opts)
+				if err != nil {
+					return fmt.Errorf("--backup-store: %w", err)
+				}
+				defer bst.Close()
+				cfg.Backups.Store = bst
+			}
 			layoutPeers := fmt.Sprintf("%s/backups/etcd/%s/control/peers/", cfg.ClusterName, cfg.EtcdCluster)
 			switch f.discovery {
 			case "store":
@@ -287,6 +298,19 @@ func PrintStatus(w io.Writer, st manager.Status) error {
 	}
 	if st.LastError != "" {
 		fmt.Fprintf(tw, "last error:\t%s\n", st.LastError)
+	}
+	if b := st.Backups; b != nil {
+		last := "none known"
+		if g := b.LastGood; g != nil {
+			last = fmt.Sprintf("%s (%s ago, revision %d)", g.Name, time.Since(g.Started).Round(time.Second), g.Revision)
+		}
+		fmt.Fprintf(tw, "last backup:\t%s\n", last)
+		if b.LastError != "" {
+			fmt.Fprintf(tw, "backup error:\t%s: %s\n", b.FailureReason, b.LastError)
+		}
+		if !b.NextScheduled.IsZero() {
+			fmt.Fprintf(tw, "next backup:\t%s (every %s, to %s)\n", b.NextScheduled.UTC().Format(time.RFC3339), b.Interval, b.Store)
+		}
 	}
 	if a := st.APIServerClientCert; a != nil {
 		cert := "none yet"

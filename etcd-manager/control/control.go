@@ -212,8 +212,8 @@ func ReadCreated(ctx context.Context, st store.Store, l Layout) (c Created, ok b
 	return c, true, nil
 }
 
-// Command is a queued command for the leader (backups, restores: later
-// issues). A command runs at most once: the leader claims it with a
+// Command is a queued command for the leader (KindBackupNow; restores
+// come later). A command runs at most once: the leader claims it with a
 // create-if-absent write of <id>.claimed before acting.
 type Command struct {
 	ID      string            `json:"id"`
@@ -313,7 +313,14 @@ type Result struct {
 	LeaderID string    `json:"leaderID"`
 	Finished time.Time `json:"finished"`
 	Error    string    `json:"error,omitempty"`
+	// Detail is what the command produced, for the operator: the name of
+	// the backup a backup-now command took.
+	Detail string `json:"detail,omitempty"`
 }
+
+// KindBackupNow asks the leader for a full backup now; the result's
+// Detail names the backup. The leader runs it outside its reconcile tick.
+const KindBackupNow = "backup-now"
 
 // WriteResult records a command's outcome at commands/<id>.result.
 func WriteResult(ctx context.Context, st store.Store, l Layout, id string, r Result) error {

@@ -93,6 +93,9 @@ type Config struct {
 	// claim leaves the command claimed and unfinished, with no result).
 	Commands map[string]CommandFunc
 
+	// Backups configures the leader's full backups.
+	Backups BackupConfig
+
 	// EtcdLogLevel is passed to etcd.
 	EtcdLogLevel string
 	// MetricsRegistry receives the manager's metrics; optional.
@@ -122,6 +125,7 @@ func DefaultConfig(clusterName, etcdCluster string) Config {
 		RenewBefore:         60 * 24 * time.Hour,
 		EtcdLogLevel:        "info",
 		LocalClientAddress:  "127.0.0.1",
+		Backups:             DefaultBackupConfig(),
 	}
 	if etcdCluster == "events" {
 		c.PeerPort, c.ClientPort, c.ManagerPort = 2381, 4002, 3995
@@ -170,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("store: none"))
+	}
+	if err := c.Backups.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Discovery == nil {
 		errs = append(errs, errors.New("discovery: none"))

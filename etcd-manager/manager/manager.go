@@ -45,6 +45,10 @@ type Manager struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	// loopCtx is the loop's context; each leader term's backup goroutine
+	// runs under a child of it. backupWG counts those goroutines.
+	loopCtx  context.Context
+	backupWG sync.WaitGroup
 
 	// opMu serialises changes to the local etcd (join, leave, rotate,
 	// supervision), so two leader commands cannot interleave.
@@ -78,6 +82,11 @@ type Manager struct {
 	apiVerified bool
 	apiWritten  time.Time
 	apiErr      string
+	// backupRunner is the current leader term's backup goroutine (nil when
+	// not leading); backupSrc what it snapshots from; backups its memory.
+	backupRunner *backupRunner
+	backupSrc    *backupSource
+	backups      backupState
 }
 
 // Start validates cfg, loads the identity, issues certificates, serves
@@ -164,6 +173,7 @@ func Start(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
+	m.loopCtx = loopCtx
 	go m.run(loopCtx)
 	logger.Info("etcd-manager started", "managerAddr", m.managerAddr(), "peerURL", m.peerURL(), "clientURL", m.clientURL())
 	return m, nil
@@ -252,6 +262,8 @@ func (m *Manager) Close() error {
 		m.mu.Unlock()
 		m.cancel()
 		<-m.done
+		// No backup is written after the lease is given up.
+		m.stopBackups()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*m.cfg.PeerTimeout)
 		defer cancel()
 		if err := m.lease.Release(ctx); err != nil {
@@ -294,6 +306,7 @@ func (m *Manager) Kill() {
 		}
 		m.cancel()
 		<-m.done
+		m.stopBackups()
 		_ = m.server.Close()
 		m.client.Close()
 		m.killStray()

@@ -213,15 +213,28 @@ func (m *Manager) reconcile(ctx context.Context, spec control.Spec, infos map[st
 		return err
 	}
 	if !ok {
+		m.setBackupSource(nil)
 		return m.createCluster(ctx, spec, infos, term)
 	}
 	var endpoints []string
+	src := &backupSource{spec: spec, token: created.ClusterToken}
 	for _, id := range sortedIDs(infos) {
 		i := infos[id]
 		if i.EtcdHealthy && !i.EtcdLearner && i.ClusterToken == created.ClusterToken {
 			endpoints = append(endpoints, i.ClientURLs...)
+			if len(i.ClientURLs) > 0 {
+				// This instance's own member first: its snapshot does not
+				// cross the network.
+				tg := backupTarget{member: id, endpoint: i.ClientURLs[0]}
+				if id == m.ID() {
+					src.targets = append([]backupTarget{tg}, src.targets...)
+				} else {
+					src.targets = append(src.targets, tg)
+				}
+			}
 		}
 	}
+	m.setBackupSource(src)
 	if len(endpoints) == 0 {
 		return m.finishCreation(ctx, created, infos, term)
 	}
@@ -470,6 +483,9 @@ func (m *Manager) converge(ctx context.Context, c *clientv3.Client, spec control
 		if ok, _ := m.lease.IsLeader(); !ok {
 			return errors.New("lost the leader lease before removing a member")
 		}
+		if !m.backupBeforeChange("before removing member " + v.name) {
+			return nil
+		}
 		m.logger.Info("removing etcd member", "member", v.name, "id", strconv.FormatUint(v.member.ID, 16), "why", why)
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
 		defer cancel()
@@ -601,6 +617,9 @@ func (m *Manager) converge(ctx context.Context, c *clientv3.Client, spec control
 		if ok, _ := m.lease.IsLeader(); !ok {
 			return errors.New("lost the leader lease before adding a member")
 		}
+		if !m.backupBeforeChange("before adding member " + n.ID) {
+			return nil
+		}
 		actx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
 		resp, err := c.MemberAddAsLearner(actx, n.PeerURLs)
 		cancel()
@@ -657,7 +676,8 @@ func (m *Manager) runCommands(ctx context.Context, term int64) error {
 	}
 	for _, c := range cmds {
 		run, ok := m.cfg.Commands[c.Kind]
-		if !ok {
+		builtin := m.builtinCommand(c.Kind)
+		if !ok && !builtin {
 			if !m.warnedCommands[c.ID] {
 				m.logger.Warn("queued command of unknown kind left pending", "id", c.ID, "kind", c.Kind)
 				m.warnedCommands[c.ID] = true
@@ -675,6 +695,12 @@ func (m *Manager) runCommands(ctx context.Context, term int64) error {
 			return err
 		}
 		m.logger.Info("running command", "id", c.ID, "kind", c.Kind, "term", term)
+		if builtin {
+			// Long commands run outside the tick; their goroutine writes
+			// the result.
+			m.startBuiltinCommand(c)
+			continue
+		}
 		res := control.Result{LeaderID: m.ID()}
 		if err := run(ctx, c); err != nil {
 			res.Error = err.Error()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/hosts"
 	"github.com/kopsnode/agents/etcd-manager/peer"
@@ -36,6 +37,10 @@ type Status struct {
 	// APIServerClientCert is the API server's etcd client certificate,
 	// when --apiserver-client-cert-dir is set.
 	APIServerClientCert *APIServerCertStatus `json:"apiserverClientCert,omitempty"`
+	// Backups are the full backups as this instance knows them (the
+	// leader takes them; the last good one is read from the store when
+	// an instance becomes leader).
+	Backups *BackupStatus `json:"backups,omitempty"`
 }
 
 // MemberStatus is one etcd member.
@@ -65,6 +70,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	}
 	s.Peers = append([]peer.Info(nil), s.Peers...)
 	s.APIServerClientCert = m.apiserverStatusLocked()
+	s.Backups = m.backupStatusLocked()
 	return s, nil
 }
 
@@ -97,6 +103,7 @@ func (m *Manager) setLeader(ok bool, term int64) {
 	m.status.IsLeader = ok
 	m.mu.Unlock()
 	m.met.setLeader(ok)
+	m.syncBackupRunner(ok, term)
 	if !ok {
 		// Only the leader knows the member list; followers report zero
 		// rather than a stale count.
@@ -166,8 +173,14 @@ type metrics struct {
 	version  *prometheus.GaugeVec
 	// apiserverExpiry is nil without an API server certificate directory.
 	apiserverExpiry prometheus.Gauge
-	mu              sync.Mutex // guards lastVer
-	lastVer         string
+	// Full backups (backups.go).
+	backupDuration prometheus.Gauge
+	backupSize     prometheus.Gauge
+	backupsTotal   prometheus.Counter
+	backupBytes    prometheus.Counter
+	backupFailures *prometheus.CounterVec
+	mu             sync.Mutex // guards lastVer
+	lastVer        string
 }
 
 func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
@@ -188,7 +201,25 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		}
 		return m.now().Sub(last).Seconds()
 	})
-	mt.cs = []prometheus.Collector{mt.isLeader, mt.members, mt.healthy, mt.version, since}
+	mt.backupDuration = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_backup_duration_seconds", Help: "Duration of the last successful full backup taken by this instance.", ConstLabels: labels})
+	mt.backupSize = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_backup_stored_bytes", Help: "Stored (compressed) size of the last successful full backup taken by this instance.", ConstLabels: labels})
+	mt.backupsTotal = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcd_manager_backups_total", Help: "Full backups taken by this instance.", ConstLabels: labels})
+	mt.backupBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcd_manager_backup_bytes_total", Help: "Bytes of full backups written to the store by this instance.", ConstLabels: labels})
+	mt.backupFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcd_manager_backup_failures_total", Help: "Failed full backups by reason: etcd, integrity, store, local, canceled.", ConstLabels: labels}, []string{"reason"})
+	for _, r := range []string{backup.ReasonEtcd, backup.ReasonIntegrity, backup.ReasonStore, backup.ReasonLocal, backup.ReasonCanceled} {
+		mt.backupFailures.WithLabelValues(r)
+	}
+	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "etcd_manager_backup_age_seconds", Help: "Seconds since the start of the newest good full backup this instance knows of (the leader's view; -1 when none is known).", ConstLabels: labels}, func() float64 {
+		m.mu.Lock()
+		g := m.backups.lastGood
+		m.mu.Unlock()
+		if g == nil {
+			return -1
+		}
+		return m.now().Sub(g.Started).Seconds()
+	})
+	mt.cs = []prometheus.Collector{mt.isLeader, mt.members, mt.healthy, mt.version, since,
+		mt.backupDuration, mt.backupSize, mt.backupsTotal, mt.backupBytes, mt.backupFailures, age}
 	if m.cfg.APIServerClientCertDir != "" {
 		mt.apiserverExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_apiserver_client_cert_expiry_timestamp_seconds",
 			Help: "NotAfter (Unix seconds) of the API server's etcd client certificate this instance keeps; 0 until there is one.", ConstLabels: labels})
@@ -232,6 +263,15 @@ func (mt *metrics) setCluster(members, healthy int, version string) {
 		mt.lastVer = version
 	}
 }
+
+func (mt *metrics) backupDone(meta backup.Meta, took time.Duration) {
+	mt.backupDuration.Set(took.Seconds())
+	mt.backupSize.Set(float64(meta.StoredSize))
+	mt.backupsTotal.Inc()
+	mt.backupBytes.Add(float64(meta.StoredSize))
+}
+
+func (mt *metrics) backupFailed(reason string) { mt.backupFailures.WithLabelValues(reason).Inc() }
 
 func splitHost(addr string) (string, string, error) { return net.SplitHostPort(addr) }
 

@@ -375,6 +375,14 @@ func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) []string {
 	if e.Name == apiServerEtcdCluster {
 		args = append(args, "--apiserver-client-cert-dir="+APIServerEtcdClientDir)
 	}
+	// Full backups: the configuration's interval and, when set, the store
+	// they go to (opened with the same store settings).
+	if e.Backups.Interval != "" {
+		args = append(args, "--backup-interval="+e.Backups.Interval)
+	}
+	if e.Backups.Store != "" {
+		args = append(args, "--backup-store="+e.Backups.Store)
+	}
 	return args
 }
 
