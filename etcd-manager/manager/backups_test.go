@@ -267,3 +267,82 @@ func TestBackupBeforeMembershipChange(t *testing.T) {
 		t.Fatalf("no backup before adding m2; backups: %v", reasons)
 	}
 }
+
+// TestBackupsFollowTheLeader: on three members only the leader backs up,
+// each backup names the term that wrote it; after the leader's machine
+// dies, the new leader's term takes over the schedule and nothing is
+// written under the dead leader's term afterwards.
+func TestBackupsFollowTheLeader(t *testing.T) {
+	c := harness.New(t, harness.Options{IPPrefix: "127.44.65", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
+		cfg.Backups.Interval = time.Second
+	}})
+	c.SetSpec(3, version)
+	ids := startN(c, 3)
+	c.WaitMembers(converge, ids...)
+	c.Put("/k", "v")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	leaderOf := func() (string, int64) {
+		l := c.WaitLeader(converge)
+		st, _ := c.Instance(l).M.Status(ctx)
+		return l, st.LeaderTerm
+	}
+	backupsBy := func(id string, term int64, after time.Time) int {
+		ls, err := backup.List(ctx, c.Store, c.Layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, m := range ls.Backups {
+			if m.Writer.LeaderID == id && m.Writer.LeaderTerm == term && !m.Started.Before(after) {
+				n++
+			}
+		}
+		return n
+	}
+	l1, term1 := leaderOf()
+	c.Eventually(converge, "two backups by the first leader", func() error {
+		if n := backupsBy(l1, term1, time.Time{}); n < 2 {
+			return fmt.Errorf("%d backups by %s in term %d", n, l1, term1)
+		}
+		return nil
+	})
+	ls, err := backup.List(ctx, c.Store, c.Layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ls.Backups {
+		if m.Writer.LeaderID != l1 && m.Reason == "scheduled" {
+			t.Fatalf("backup %s written by %s (term %d), not the leader %s", m.Name, m.Writer.LeaderID, m.Writer.LeaderTerm, l1)
+		}
+	}
+	c.Kill(l1)
+	killed := time.Now()
+	l2, term2 := leaderOf()
+	if l2 == l1 || term2 <= term1 {
+		t.Fatalf("new leader %s term %d after %s term %d", l2, term2, l1, term1)
+	}
+	c.Eventually(converge, "a backup by the new leader", func() error {
+		if n := backupsBy(l2, term2, killed); n < 1 {
+			return fmt.Errorf("no backup by %s in term %d yet", l2, term2)
+		}
+		return nil
+	})
+	if n := backupsBy(l1, term1, killed.Add(time.Second)); n != 0 {
+		t.Fatalf("%d backups started by the dead leader after its machine died", n)
+	}
+	st, _ := c.Instance(l2).M.Status(ctx)
+	if st.Backups == nil || st.Backups.LastGood == nil || st.Backups.LastError != "" {
+		t.Fatalf("new leader's backup status %+v", st.Backups)
+	}
+	// A follower reports no schedule of its own.
+	for _, id := range c.Running() {
+		if id == l2 {
+			continue
+		}
+		fs, _ := c.Instance(id).M.Status(ctx)
+		if fs.Backups == nil || !fs.Backups.NextScheduled.IsZero() {
+			t.Fatalf("follower %s backup status %+v", id, fs.Backups)
+		}
+	}
+}
