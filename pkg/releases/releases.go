@@ -258,17 +258,33 @@ func ParseHashFile(data []byte) (string, error) {
 	return strings.ToLower(fields[0]), nil
 }
 
-// WriteMirror lays out dir as a release mirror of files: each file from
-// source (archives built from their members' parts, deterministically, so
-// the same parts give the same hash) and its .sha256 beside it. Use it with
-// MirrorLayout; tests serve dir with an HTTP file server.
-func WriteMirror(dir string, files []File, source func(Part) ([]byte, error)) error {
+// MirrorContents returns every file of a mirror of files by its path
+// relative to the base, and its .sha256 beside it: each file from source
+// (archives built from their members' parts, deterministically, so the same
+// parts give the same hash). Tests serve the map; WriteMirror writes it.
+func MirrorContents(files []File, source func(Part) ([]byte, error)) (map[string][]byte, error) {
+	out := map[string][]byte{}
 	for _, f := range files {
 		data, err := build(f, source)
 		if err != nil {
-			return fmt.Errorf("mirror file %s: %w", f.Path, err)
+			return nil, fmt.Errorf("mirror file %s: %w", f.Path, err)
 		}
-		if err := WriteMirrorFile(dir, f.Path, data); err != nil {
+		sum := sha256.Sum256(data)
+		out[f.Path] = data
+		out[f.Path+HashSuffix] = HashFileContent(hex.EncodeToString(sum[:]), f.Path)
+	}
+	return out, nil
+}
+
+// WriteMirror lays out dir as a release mirror of files (MirrorContents);
+// serve dir with an HTTP file server.
+func WriteMirror(dir string, files []File, source func(Part) ([]byte, error)) error {
+	contents, err := MirrorContents(files, source)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := WriteMirrorFile(dir, f.Path, contents[f.Path]); err != nil {
 			return err
 		}
 	}

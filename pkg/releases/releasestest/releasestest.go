@@ -52,12 +52,10 @@ func Source(t testing.TB, kopsnode map[string][]byte) func(releases.Part) ([]byt
 	}
 }
 
-// WriteMirror lays out dir as the mirror of the table's release of
-// testtools.KubernetesVersion at kopsnodeVersion (every file with its
-// .sha256), plus images/<name>.tar for each additional image (a test-tools
-// image such as "testapp"). kopsnode holds the nodeup, protokube and
-// etcd-manager binaries.
-func WriteMirror(t testing.TB, dir, kopsnodeVersion string, kopsnode map[string][]byte, additionalImages ...string) {
+// Files are the files of a test mirror: the table's release of
+// testtools.KubernetesVersion at kopsnodeVersion, plus images/<name>.tar
+// for each additional image (a test-tools image such as "testapp").
+func Files(t testing.TB, kopsnodeVersion string, additionalImages ...string) []releases.File {
 	t.Helper()
 	r, err := releases.Lookup(releases.Table(), testtools.KubernetesVersion)
 	if err != nil {
@@ -70,7 +68,26 @@ func WriteMirror(t testing.TB, dir, kopsnodeVersion string, kopsnode map[string]
 	for _, im := range additionalImages {
 		files = append(files, releases.ImageFile(releases.Image{Name: im}))
 	}
-	if err := releases.WriteMirror(dir, files, Source(t, kopsnode)); err != nil {
+	return files
+}
+
+// Contents returns the test mirror's files (and their .sha256) by path
+// relative to the mirror base, for a server that serves blobs by name.
+// kopsnode holds the nodeup, protokube and etcd-manager binaries.
+func Contents(t testing.TB, kopsnodeVersion string, kopsnode map[string][]byte, additionalImages ...string) map[string][]byte {
+	t.Helper()
+	c, err := releases.MirrorContents(Files(t, kopsnodeVersion, additionalImages...), Source(t, kopsnode))
+	if err != nil {
+		t.Fatalf("building the release mirror: %v", err)
+	}
+	return c
+}
+
+// WriteMirror lays out dir as the test mirror (see Files), for an HTTP
+// file server.
+func WriteMirror(t testing.TB, dir, kopsnodeVersion string, kopsnode map[string][]byte, additionalImages ...string) {
+	t.Helper()
+	if err := releases.WriteMirror(dir, Files(t, kopsnodeVersion, additionalImages...), Source(t, kopsnode)); err != nil {
 		t.Fatalf("laying out the release mirror: %v", err)
 	}
 }

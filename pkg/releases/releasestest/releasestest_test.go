@@ -1,8 +1,6 @@
 package releasestest
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/kopsnode/agents/pkg/releases"
@@ -12,10 +10,9 @@ import (
 
 // The mirror holds the parts make tools built, byte for byte, each with
 // its hash beside it.
-func TestWriteMirrorFromTestTools(t *testing.T) {
-	dir := t.TempDir()
+func TestMirrorFromTestTools(t *testing.T) {
 	kopsnode := map[string][]byte{"nodeup": []byte("nodeup"), "protokube": []byte("protokube"), "etcd-manager": []byte("etcd-manager")}
-	WriteMirror(t, dir, "dev", kopsnode, "testapp")
+	c := Contents(t, "dev", kopsnode, "testapp")
 	m, err := parts.ReadManifest(testtools.Dir())
 	if err != nil {
 		t.Fatal(err)
@@ -32,15 +29,14 @@ func TestWriteMirrorFromTestTools(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s is not in the test tools' manifest", part)
 		}
-		hf, err := os.ReadFile(filepath.Join(dir, rel+releases.HashSuffix))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sum, err := releases.ParseHashFile(hf); err != nil || sum != p.SHA256 {
+		if sum, err := releases.ParseHashFile(c[rel+releases.HashSuffix]); err != nil || sum != p.SHA256 {
 			t.Errorf("%s: mirror hash %s (%v), the built part's %s", rel, sum, err, p.SHA256)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "kopsnode/dev/nodeup")); err != nil || string(b) != "nodeup" {
-		t.Errorf("nodeup on the mirror: %q %v", b, err)
+	if b := c["kopsnode/dev/nodeup"]; string(b) != "nodeup" {
+		t.Errorf("nodeup on the mirror: %q", b)
+	}
+	if len(c) != 2*len(Files(t, "dev", "testapp")) {
+		t.Errorf("%d mirror entries for %d files", len(c), len(Files(t, "dev", "testapp")))
 	}
 }
