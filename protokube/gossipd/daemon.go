@@ -20,10 +20,10 @@ import (
 
 	"github.com/kopsnode/agents/gossip/dnsserver"
 	"github.com/kopsnode/agents/gossip/hlc"
-	"github.com/kopsnode/agents/gossip/hosts"
 	"github.com/kopsnode/agents/gossip/membership"
 	"github.com/kopsnode/agents/gossip/records"
 	"github.com/kopsnode/agents/gossip/seeds"
+	"github.com/kopsnode/agents/pkg/hostsfile"
 	"github.com/kopsnode/agents/pkg/observe"
 	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/protokube/gossipkeys"
@@ -40,7 +40,7 @@ type Deps struct {
 	// EC2 overrides the EC2 client built from the default AWS configuration.
 	EC2 ec2.DescribeInstancesAPIClient
 	// HostsFS overrides the filesystem of the hosts file.
-	HostsFS hosts.FS
+	HostsFS hostsfile.FS
 	// PodNodes, PodRoutes and PodMasq override podnet's Node source,
 	// routing table and masquerade rules (nil: the Node object through the
 	// kubeconfig, netlink, iptables).
@@ -62,7 +62,7 @@ type Daemon struct {
 	dns     *dnsserver.Server
 	obs     *observe.Server
 	reg     *seeds.Registration
-	hostsW  *hosts.Writer
+	hostsW  *hostsfile.Hosts
 	podnet  *podnet.Controller
 	zone    string
 	closers []func() error
@@ -238,7 +238,7 @@ func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
 		d.closers = append(d.closers, d.dns.Close)
 	}
 	if cfg.HostsFile != "" {
-		d.hostsW = &hosts.Writer{FS: deps.HostsFS, Path: cfg.HostsFile}
+		d.hostsW = &hostsfile.Hosts{FS: deps.HostsFS, Path: cfg.HostsFile}
 	}
 	d.obs, err = observe.Start(observe.Config{
 		Addr:     cfg.StatusAddr,
@@ -256,7 +256,7 @@ func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
 		Help: "Names the cluster DNS server answers for.",
 	}, func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(d.lastSync.Names) }))
 
-	d.sync()
+	d.sync(ctx)
 	d.wg.Add(1)
 	go d.syncLoop()
 	log.Info("gossip started", "node", cfg.NodeName, "addr", d.node.Addr(), "zone", d.zone, "dns", d.DNSAddr(), "status", d.obs.Addr())
@@ -310,6 +310,10 @@ func (d *Daemon) health(ctx context.Context) error {
 
 func (d *Daemon) syncLoop() {
 	defer d.wg.Done()
+	// Ends when the loop returns, after Close; a sync waiting for the hosts
+	// file lock is bounded by hostsLockWait meanwhile.
+	ctx, cancelCtx := context.WithCancel(context.Background())
+	defer cancelCtx()
 	ch, cancel := d.table.Subscribe()
 	defer cancel()
 	retry := time.NewTicker(30 * time.Second)
@@ -327,12 +331,23 @@ func (d *Daemon) syncLoop() {
 			return
 		case <-time.After(50 * time.Millisecond):
 		}
-		d.sync()
+		d.sync(ctx)
 	}
 }
 
+// The gossip block's markers in the hosts file. They are the ones the block
+// has always had, so that an upgraded node replaces its old block.
+const (
+	HostsBeginMarker = "# Begin host entries managed by kopsnode gossip - do not edit"
+	HostsEndMarker   = "# End host entries managed by kopsnode gossip"
+)
+
+// hostsLockWait bounds a wait for the hosts file lock, which another agent
+// (an etcd-manager) holds for a moment while it rewrites its own block.
+const hostsLockWait = 10 * time.Second
+
 // sync rebuilds the DNS zone and the hosts block from the records.
-func (d *Daemon) sync() {
+func (d *Daemon) sync(ctx context.Context) {
 	names := dnsserver.NamesFromRecords(d.table.All(), func(key, owner string, err error) {
 		d.log.Debug("skipping a malformed DNS record", "key", key, "owner", owner, "err", err)
 	})
@@ -342,7 +357,10 @@ func (d *Daemon) sync() {
 	}
 	if d.hostsW != nil {
 		st.HostsFile = d.hostsW.Path
-		if _, err := d.hostsW.Update(hosts.ByName(names)); err != nil {
+		ctx, cancel := context.WithTimeout(ctx, hostsLockWait)
+		_, err := d.hostsW.Update(ctx, hostsfile.Block{Begin: HostsBeginMarker, End: HostsEndMarker}, hostsfile.ByName(names))
+		cancel()
+		if err != nil {
 			st.HostsErr = err.Error()
 			d.log.Warn("updating the hosts file", "err", err)
 		}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/kopsnode/agents/gossip/hosts"
 	"github.com/kopsnode/agents/gossip/membership"
 	"github.com/kopsnode/agents/pkg/store/file"
 	"github.com/kopsnode/agents/pkg/testtools/netns"
@@ -262,7 +261,7 @@ func TestGossipInNetworkNamespaces(t *testing.T) {
 				return err
 			}
 			want := nw.Hosts[3].Addr.String() + "\tn3." + strings.TrimSuffix(zone, ".")
-			if !strings.Contains(string(b), hosts.BeginMarker) || !strings.Contains(string(b), want) {
+			if !strings.Contains(string(b), HostsBeginMarker) || !strings.Contains(string(b), want) {
 				return fmt.Errorf("hosts file lacks %q:\n%s", want, b)
 			}
 			return nil
