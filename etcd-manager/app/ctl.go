@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/leader"
@@ -23,6 +24,30 @@ type ctlFlags struct {
 	store, cluster, etcdCluster, out string
 	// createRoot creates a missing file:// store directory (set-spec).
 	createRoot bool
+	// backupStore is where the backups are, when not the state store
+	// (commands that read backups bind it).
+	backupStore string
+}
+
+func (f *ctlFlags) bindBackupStore(fs *flag.FlagSet) {
+	fs.StringVar(&f.backupStore, "backup-store", "", "store URL the backups are in, when not the state store (etcd-manager's --backup-store)")
+}
+
+// openBackups returns the store the backups are in: --backup-store, or
+// st. The returned close releases a store it opened.
+func (f *ctlFlags) openBackups(ctx context.Context, st store.Store) (store.Store, func(), error) {
+	if f.backupStore == "" {
+		return st, func() {}, nil
+	}
+	opts, err := storeurl.OptionsFromEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	bst, err := storeurl.Open(ctx, f.backupStore, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--backup-store: %w", err)
+	}
+	return bst, func() { _ = bst.Close() }, nil
 }
 
 func (f *ctlFlags) bind(fs *flag.FlagSet) {
@@ -138,13 +163,20 @@ type ControlStatus struct {
 	Leader    *leader.Record    `json:"leader,omitempty"`
 	Peers     []discovery.Peer  `json:"peers"`
 	Commands  []control.Command `json:"pendingCommands"`
+	// LastBackup is the newest complete full backup; BackupError says why
+	// the backups could not be listed.
+	LastBackup  *backup.Meta `json:"lastBackup,omitempty"`
+	BackupError string       `json:"backupError,omitempty"`
 }
 
 func ctlStatusCommand() *cli.Command {
 	f := &ctlFlags{}
 	return &cli.Command{
-		Name: "status", Summary: "show the control area: spec, created marker, leader, registered peers, queued commands",
-		Flags: f.bind,
+		Name: "status", Summary: "show the control area: spec, created marker, leader, registered peers, queued commands, the newest backup",
+		Flags: func(fs *flag.FlagSet) {
+			f.bind(fs)
+			f.bindBackupStore(fs)
+		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			st, l, err := f.open(ctx)
 			if err != nil {
@@ -154,6 +186,18 @@ func ctlStatusCommand() *cli.Command {
 			cs, err := ReadControlStatus(ctx, st, l)
 			if err != nil {
 				return err
+			}
+			bst, closeBackups, err := f.openBackups(ctx, st)
+			if err != nil {
+				return err
+			}
+			defer closeBackups()
+			// The backups are reported, not required: a backup store that
+			// does not answer does not hide the control area.
+			if ls, err := backup.List(ctx, bst, l); err != nil {
+				cs.BackupError = err.Error()
+			} else if len(ls.Backups) > 0 {
+				cs.LastBackup = &ls.Backups[0]
 			}
 			return cli.Print(env.Stdout, f.out, cs, func(w io.Writer) error { return printControlStatus(w, cs) })
 		},
@@ -228,6 +272,15 @@ func printControlStatus(w io.Writer, cs ControlStatus) error {
 	}
 	for _, c := range cs.Commands {
 		fmt.Fprintf(tw, "queued command:\t%s\t%s\n", c.ID, c.Kind)
+	}
+	switch {
+	case cs.BackupError != "":
+		fmt.Fprintf(tw, "last backup:\t%s\n", cs.BackupError)
+	case cs.LastBackup != nil:
+		b := cs.LastBackup
+		fmt.Fprintf(tw, "last backup:\t%s (%s ago, revision %d, %d keys, by %s term %d)\n", b.Name, time.Since(b.Started).Round(time.Second), b.Revision, b.KeyCount, b.Writer.LeaderID, b.Writer.LeaderTerm)
+	default:
+		fmt.Fprintf(tw, "last backup:\tnone\n")
 	}
 	return tw.Flush()
 }

@@ -13,17 +13,15 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/store"
-	"github.com/kopsnode/agents/pkg/store/storeurl"
 )
 
 func listBackupsCommand() *cli.Command {
 	f := &ctlFlags{}
-	var backupStore string
 	return &cli.Command{
 		Name: "list-backups", Summary: "list the full backups, newest first (incomplete and unreadable ones too)",
 		Flags: func(fs *flag.FlagSet) {
 			f.bind(fs)
-			fs.StringVar(&backupStore, "backup-store", "", "store URL the backups are in, when not the state store (etcd-manager's --backup-store)")
+			f.bindBackupStore(fs)
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			st, l, err := f.open(ctx)
@@ -31,23 +29,16 @@ func listBackupsCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
-			if backupStore != "" {
-				opts, err := storeurl.OptionsFromEnv()
-				if err != nil {
-					return err
-				}
-				bst, err := storeurl.Open(ctx, backupStore, opts)
-				if err != nil {
-					return fmt.Errorf("--backup-store: %w", err)
-				}
-				defer bst.Close()
-				st = bst
-			}
-			ls, err := backup.List(ctx, st, l)
+			bst, closeBackups, err := f.openBackups(ctx, st)
 			if err != nil {
 				return err
 			}
-			return cli.Print(env.Stdout, f.out, ls, func(w io.Writer) error { return printBackups(w, ls, st, time.Now()) })
+			defer closeBackups()
+			ls, err := backup.List(ctx, bst, l)
+			if err != nil {
+				return err
+			}
+			return cli.Print(env.Stdout, f.out, ls, func(w io.Writer) error { return printBackups(w, ls, bst, time.Now()) })
 		},
 	}
 }

@@ -34,7 +34,7 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func fileStore(t *testing.T) store.Store {
+func fileStore(t testing.TB) store.Store {
 	st, err := file.New(filepath.Join(t.TempDir(), "store"), file.Options{CreateRoot: true})
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestTakeOnEveryStore(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		st   func(t *testing.T) store.Store
-	}{{"file", fileStore}, {"minio", minioStore}, {"gcs", gcsStore}} {
+	}{{"file", func(t *testing.T) store.Store { return fileStore(t) }}, {"minio", minioStore}, {"gcs", gcsStore}} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := tc.st(t)
 			first := take(t, c, st, "test")
@@ -349,4 +349,25 @@ func TestTakeStoreRefuses(t *testing.T) {
 	if backup.ReasonOf(err) != backup.ReasonCanceled {
 		t.Fatalf("Take with a cancelled context: %v (reason %s)", err, backup.ReasonOf(err))
 	}
+}
+
+// TestTakeStreams: a backup of a database of about 80 MB never holds it in
+// memory: the heap grows by less than half of it while Take runs.
+func TestTakeStreams(t *testing.T) {
+	c := startEtcd(t, "3.6.16", "127.44.67.1")
+	load(t, c, 20000, 2000)
+	st := fileStore(t)
+	stop := heapPeak()
+	m, err := backup.Take(ctxT(t), c, st, layout, backup.Options{SpoolDir: t.TempDir()})
+	peak := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.DBSize < 60<<20 {
+		t.Fatalf("database of %d bytes; the test wants about 80 MB", m.DBSize)
+	}
+	if peak > uint64(m.DBSize)/2 {
+		t.Fatalf("heap grew by %d bytes during a backup of a %d-byte database", peak, m.DBSize)
+	}
+	t.Logf("database %d MiB, stored %d MiB, heap peak %d MiB", m.DBSize>>20, m.StoredSize>>20, peak>>20)
 }

@@ -22,7 +22,7 @@ var etcdVersions = []string{"3.5.21", "3.6.16", "3.7.3"}
 // startEtcd runs a real single-member etcd of version on ip (plain HTTP on
 // loopback: the backup code does not care how the client connects) and
 // returns a client for it. The process is killed by its pid in cleanup.
-func startEtcd(t *testing.T, version, ip string) *clientv3.Client {
+func startEtcd(t testing.TB, version, ip string) *clientv3.Client {
 	t.Helper()
 	bin := filepath.Join(testtools.EtcdBinDir(t, version), "etcd")
 	dir := t.TempDir()

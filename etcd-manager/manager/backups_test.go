@@ -199,6 +199,11 @@ func TestScheduledBackups(t *testing.T) {
 	if out, errs, code = runCtl(t, listArgs...); code != 0 || !strings.Contains(out, now.Result.Detail) || !strings.Contains(out, "command "+now.CommandID) {
 		t.Fatalf("list-backups: %d %s %s", code, out, errs)
 	}
+	out, errs, code = runCtl(t, append([]string{"status", "--backup-store", "s3://backups/etcd", "-o", "json"}, common...)...)
+	var cs app.ControlStatus
+	if code != 0 || json.Unmarshal([]byte(out), &cs) != nil || cs.LastBackup == nil || cs.LastBackup.Name < now.Result.Detail {
+		t.Fatalf("etcd-manager-ctl status: %d %s %s", code, out, errs)
+	}
 
 	// The backup store goes down: etcd keeps running and serving, m1 keeps
 	// leading, failures are counted with reason "store".
