@@ -87,8 +87,9 @@ type Config struct {
 	CertValidity time.Duration
 	RenewBefore  time.Duration
 
-	// Commands run queued commands by kind. A command of a kind not here
-	// stays queued. Each command runs at most once: the leader claims it
+	// Commands run queued commands by kind. The manager handles
+	// control.KindBackupNow itself; a command of a kind not here stays
+	// queued. Each command runs at most once: the leader claims it
 	// with a create-if-absent write first (a leader that dies after the
 	// claim leaves the command claimed and unfinished, with no result).
 	Commands map[string]CommandFunc
