@@ -38,7 +38,7 @@ func (m *Manager) tick(ctx context.Context) error {
 		m.logger.Warn("discovering peers", "err", err)
 	}
 	infos := m.gather(ctx, peers)
-	m.writeHosts(infos)
+	m.writeHosts(ctx, infos)
 	if _, _, _, err := m.certs.cas(); err != nil {
 		if err := m.loadCAs(ctx); err != nil {
 			m.logger.Warn("loading CAs", "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -11,8 +12,8 @@ import (
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
-	"github.com/kopsnode/agents/etcd-manager/hosts"
 	"github.com/kopsnode/agents/etcd-manager/peer"
+	"github.com/kopsnode/agents/pkg/hostsfile"
 )
 
 // Status is the cluster as this instance sees it: the document served on
@@ -119,25 +120,34 @@ func (m *Manager) markReconciled() {
 	m.mu.Unlock()
 }
 
-// writeHosts keeps the names of the reachable peers in the hosts file.
-// Peers that vanish stay until seen again elsewhere: only the records
-// of peers currently reachable are written, plus this instance.
-func (m *Manager) writeHosts(infos map[string]peer.Info) {
+// hostsLockWait bounds a wait for the hosts file lock, which another agent
+// (gossip, the other etcd-manager) holds for a moment while it rewrites its
+// own block.
+const hostsLockWait = 10 * time.Second
+
+// writeHosts keeps the names of the reachable peers in this etcd cluster's
+// block of the hosts file, through pkg/hostsfile (the one writer every
+// agent shares). Peers that vanish stay until seen again elsewhere: only
+// the records of peers currently reachable are written, plus this
+// instance.
+func (m *Manager) writeHosts(ctx context.Context, infos map[string]peer.Info) {
 	if m.cfg.HostsFile == "" {
 		return
 	}
-	var recs []hosts.Record
+	names := map[string][]netip.Addr{}
+	key := ""
 	for _, id := range sortedIDs(infos) {
-		i := infos[id]
-		host, _, err := splitHost(i.ManagerAddr)
+		host, _, err := splitHost(infos[id].ManagerAddr)
 		if err != nil {
 			continue
 		}
-		recs = append(recs, hosts.Record{Name: m.cfg.MemberName(id), IP: host})
-	}
-	key := ""
-	for _, r := range recs {
-		key += r.Name + "=" + r.IP + ";"
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			m.logger.Warn("a peer's address is not an IP address; leaving it out of the hosts file", "peer", id, "addr", infos[id].ManagerAddr)
+			continue
+		}
+		names[m.cfg.MemberName(id)] = append(names[m.cfg.MemberName(id)], a)
+		key += m.cfg.MemberName(id) + "=" + a.String() + ";"
 	}
 	m.mu.Lock()
 	same := key == m.hostsWritten
@@ -145,7 +155,10 @@ func (m *Manager) writeHosts(infos map[string]peer.Info) {
 	if same {
 		return
 	}
-	if _, err := hosts.Update(m.cfg.HostsFile, "etcd-manager "+m.cfg.EtcdCluster, recs); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, hostsLockWait)
+	defer cancel()
+	h := hostsfile.Hosts{Path: m.cfg.HostsFile}
+	if _, err := h.Update(ctx, hostsfile.Named("etcd-manager "+m.cfg.EtcdCluster), hostsfile.ByName(names)); err != nil {
 		m.logger.Warn("updating hosts file", "err", err)
 		return
 	}
