@@ -9,13 +9,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
@@ -370,4 +374,82 @@ func TestTakeStreams(t *testing.T) {
 		t.Fatalf("heap grew by %d bytes during a backup of a %d-byte database", peak, m.DBSize)
 	}
 	t.Logf("database %d MiB, stored %d MiB, heap peak %d MiB", m.DBSize>>20, m.StoredSize>>20, peak>>20)
+}
+
+// corruptingProxy forwards TCP to target and, once, flips one byte of the
+// server's stream inside a run of 'v's (a value's bytes in a snapshot
+// chunk, never gRPC or HTTP/2 framing) after the first MB.
+func corruptingProxy(t *testing.T, listen, target string) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flipped atomic.Bool
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(out, in); out.Close() }()
+			go func() {
+				defer wg.Done()
+				defer in.Close()
+				buf := make([]byte, 64<<10)
+				var seen int64
+				for {
+					n, err := out.Read(buf)
+					if n > 0 {
+						if seen > 1<<20 && !flipped.Load() {
+							if i := bytes.Index(buf[:n], bytes.Repeat([]byte("v"), 64)); i >= 0 {
+								buf[i+32] = 'w'
+								flipped.Store(true)
+							}
+						}
+						seen += int64(n)
+						if _, werr := in.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// TestTakeRefusesCorruptSnapshot: a snapshot damaged on its way from etcd
+// fails etcd's own hash check: reason "integrity", nothing stored.
+func TestTakeRefusesCorruptSnapshot(t *testing.T) {
+	c := startEtcd(t, "3.6.16", "127.44.68.1")
+	fill(t, c, 1000, 3000)
+	corruptingProxy(t, "127.44.68.1:12500", "127.44.68.1:12479")
+	pc, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://127.44.68.1:12500"}, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	st := fileStore(t)
+	_, err = backup.Take(ctxT(t), pc, st, layout, backup.Options{SpoolDir: t.TempDir()})
+	if backup.ReasonOf(err) != backup.ReasonIntegrity || !errors.Is(err, backup.ErrIntegrity) || !strings.Contains(err.Error(), "etcd's snapshot hash") {
+		t.Fatalf("Take of a damaged snapshot: %v (reason %s)", err, backup.ReasonOf(err))
+	}
+	infos, err := st.List(ctxT(t), backup.FullPrefix(layout))
+	if err != nil || len(infos) != 0 {
+		t.Fatalf("objects after a refused snapshot: %v, %v", infos, err)
+	}
+	// The same etcd, without the damage, backs up fine.
+	take(t, c, st, "test")
 }
