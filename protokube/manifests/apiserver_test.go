@@ -14,15 +14,18 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -450,6 +453,35 @@ func TestAgainstRealAPIServer(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("a pass that read the store before another node's rotation prunes no new Secret", func(t *testing.T) {
+		// A second control-plane node's reconciler whose view of the store
+		// predates the rotation: it wants no token Secret at all.
+		r2, err := NewReconciler(cfg, Deps{Store: st, Registry: prometheus.NewRegistry(), Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := Objects(Inputs{ClusterDomain: "example.internal", DNSIP: netip.MustParseAddr("100.64.0.20")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(tok), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc, err := dynamic.NewForConfig(api.Admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2.prune(ctx, dc, testCluster, objs)
+		after, err := cs.CoreV1().Secrets("kube-system").Get(ctx, bootstraptoken.SecretName(tok), metav1.GetOptions{})
+		if err != nil || after.UID != before.UID {
+			t.Fatalf("the Secret of the store's current token was deleted by a stale pass (%v)", err)
+		}
+		if len(r2.Status().Pruned) != 0 {
+			t.Errorf("pruned %+v", r2.Status().Pruned)
+		}
 	})
 
 	t.Run("bootstrap token authenticates a kubelet's CSR", func(t *testing.T) {

@@ -242,6 +242,25 @@ func (r *Reconciler) tokens(ctx context.Context, cluster string) ([]bootstraptok
 	return valid, nil
 }
 
+// tokenInStore reports whether the Secret name belongs to a token the store
+// holds now and that has not expired, or whether the store cannot tell
+// (then the Secret is kept too).
+func (r *Reconciler) tokenInStore(ctx context.Context, cluster, secret string) bool {
+	if !strings.HasPrefix(secret, "bootstrap-token-") {
+		return false
+	}
+	ts, _, err := bootstraptoken.ReadTokens(ctx, r.st, cluster)
+	if err != nil {
+		return true
+	}
+	for _, i := range ts.Valid(r.now()) {
+		if bootstraptoken.SecretName(i.Token) == secret {
+			return true
+		}
+	}
+	return false
+}
+
 // client loads the kubeconfig (every pass, so a rotated admin certificate
 // is picked up) and checks that the API server is ready.
 func (r *Reconciler) client(ctx context.Context) (dynamic.Interface, string, error) {
@@ -330,7 +349,7 @@ func (r *Reconciler) Pass(ctx context.Context) Status {
 		return r.Status()
 	}
 	if len(inputErrs) == 0 {
-		r.prune(ctx, dc, objs)
+		r.prune(ctx, dc, cluster, objs)
 	} else {
 		r.log.Warn("not every input could be read; applied the rest and pruned nothing", "errors", inputErrs)
 	}
@@ -406,7 +425,7 @@ func resourceClient(dc dynamic.Interface, o Object) dynamic.ResourceInterface {
 
 // prune deletes the objects carrying ManagedByLabel that no manifest wants
 // any more. It lists only the kinds this package applies.
-func (r *Reconciler) prune(ctx context.Context, dc dynamic.Interface, objs []Object) {
+func (r *Reconciler) prune(ctx context.Context, dc dynamic.Interface, cluster string, objs []Object) {
 	want := map[string]bool{}
 	for _, o := range objs {
 		want[o.Key()] = true
@@ -422,6 +441,11 @@ func (r *Reconciler) prune(ctx context.Context, dc dynamic.Interface, objs []Obj
 		for _, item := range list.Items {
 			key := objectKey(kind, item.GetNamespace(), item.GetName())
 			if want[key] {
+				continue
+			}
+			if kind == "Secret" && r.tokenInStore(ctx, cluster, item.GetName()) {
+				// Another control-plane node rotated the token after this
+				// pass read the store: its Secret is wanted.
 				continue
 			}
 			uid := item.GetUID()
