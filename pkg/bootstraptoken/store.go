@@ -49,6 +49,13 @@ func Encode(ts Tokens) ([]byte, error) {
 	for _, p := range ts.Previous {
 		doc.Previous = append(doc.Previous, toStored(p))
 	}
+	// Refuse what Decode would refuse, so that nothing unreadable is
+	// ever written.
+	for n, st := range append([]storedToken{doc.Current}, doc.Previous...) {
+		if _, err := fromStored(st); err != nil {
+			return nil, fmt.Errorf("token %d of %d: %w", n+1, 1+len(doc.Previous), err)
+		}
+	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return nil, err
