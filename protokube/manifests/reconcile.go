@@ -220,8 +220,10 @@ func (r *Reconciler) tokens(ctx context.Context, cluster string) ([]bootstraptok
 	case res.Created:
 		r.log.Info("created the node bootstrap token", "token", cur, "url", url)
 	case res.Rotated:
+		// The old token is listed while it is valid (an expired one is
+		// dropped by the rotation).
 		r.log.Info("rotated the node bootstrap token; the old one stays valid until it expires",
-			"token", cur, "previous", res.Tokens.Previous[0], "reason", res.Decision.Reason, "url", url)
+			"token", cur, "reason", res.Decision.Reason, "valid", len(res.Tokens.Valid(now)), "url", url)
 	case res.Decision.Rotate:
 		r.log.Info("another control-plane node rotated the node bootstrap token first", "token", cur, "url", url)
 	}

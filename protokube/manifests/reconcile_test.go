@@ -1,7 +1,9 @@
 package manifests
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -112,5 +114,53 @@ func TestDaemonClose(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// A token that expired while no control-plane node ran (a cluster switched
+// off for days) is replaced on the first pass, before the API server
+// answers, and the expired one is neither kept nor published.
+func TestPassReplacesAnExpiredToken(t *testing.T) {
+	dir := t.TempDir()
+	st, err := file.New(filepath.Join(dir, "store"), file.Options{CreateRoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	old, err := bootstraptoken.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootstraptoken.Encode(bootstraptoken.Tokens{Current: bootstraptoken.Issued{Token: old, Created: now.Add(-72 * time.Hour), Expires: now.Add(-48 * time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := st.Put(ctx, bootstraptoken.Key(testCluster), bytes.NewReader(b), store.Condition{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ConfigFile, cfg.Store.URL, cfg.Kubeconfig = filepath.Join(dir, "c.yaml"), st.URL(), filepath.Join(dir, "admin.conf")
+	writeNodeConfig(t, cfg.ConfigFile, "", "")
+	var logs bytes.Buffer
+	r, err := NewReconciler(cfg, Deps{Store: st, Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.Pass(ctx)
+	ts, _, err := bootstraptoken.ReadTokens(ctx, st, testCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts.Current.Token == old || !ts.Current.Created.Equal(now) || len(ts.Previous) != 0 {
+		t.Fatalf("after the pass: %+v", ts)
+	}
+	if bt := s.BootstrapToken; bt == nil || bt.Current != ts.Current.Token.ID || len(bt.Valid) != 1 || !bt.LastRotation.Equal(now) || !strings.Contains(bt.Decision, "expired") {
+		t.Errorf("token status %+v", s.BootstrapToken)
+	}
+	if !strings.Contains(logs.String(), "rotated the node bootstrap token") || strings.Contains(logs.String(), ts.Current.Token.Secret) {
+		t.Errorf("log:\n%s", logs.String())
 	}
 }
