@@ -18,6 +18,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/harness"
 	"github.com/kopsnode/agents/etcd-manager/manager"
 	"github.com/kopsnode/agents/pkg/cli"
+	"github.com/kopsnode/agents/pkg/store/gcs"
 	"github.com/kopsnode/agents/pkg/store/s3"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/pkg/testtools"
@@ -237,10 +238,19 @@ func TestScheduledBackups(t *testing.T) {
 }
 
 // TestBackupBeforeMembershipChange: with the schedule off, the leader
-// takes a backup before it adds a member, and none otherwise.
+// takes a backup before it adds a member, and none otherwise; the backups
+// go to a gs:// backup store (fake-gcs-server).
 func TestBackupBeforeMembershipChange(t *testing.T) {
+	gcsrv := testtools.StartFakeGCS(t)
+	gcsrv.CreateBucket(t, "backups")
+	bst, err := gcs.New(context.Background(), gcs.Options{Bucket: "backups", Prefix: "etcd", Endpoint: gcsrv.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bst.Close() })
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.64", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
+		cfg.Backups.Store = bst
 	}})
 	c.SetSpec(1, version)
 	c.Start(1)
@@ -248,7 +258,7 @@ func TestBackupBeforeMembershipChange(t *testing.T) {
 	c.Put("/before-growth", "x")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ls, err := backup.List(ctx, c.Store, c.Layout)
+	ls, err := backup.List(ctx, bst, c.Layout)
 	if err != nil || len(ls.Backups) != 0 {
 		t.Fatalf("backups with the schedule off and no change: %+v, %v", ls, err)
 	}
@@ -256,7 +266,7 @@ func TestBackupBeforeMembershipChange(t *testing.T) {
 	c.Start(2)
 	c.Start(3)
 	c.WaitMembers(converge, "m1", "m2", "m3")
-	ls, err = backup.List(ctx, c.Store, c.Layout)
+	ls, err = backup.List(ctx, bst, c.Layout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +280,9 @@ func TestBackupBeforeMembershipChange(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no backup before adding m2; backups: %v", reasons)
+	}
+	if _, err := backup.Read(ctx, bst, c.Layout, ls.Backups[0].Name, filepath.Join(t.TempDir(), "snap")); err != nil {
+		t.Fatal(err)
 	}
 }
 
