@@ -32,19 +32,44 @@ func (d *DBusUnits) c(ctx context.Context) (*sdbus.Conn, error) {
 	// go-systemd closes a connection when the context it was opened with
 	// ends; ctx bounds only this call's reads, Close ends the connection.
 	connCtx := context.WithoutCancel(ctx)
-	var conn *sdbus.Conn
-	var err error
-	if os.Geteuid() == 0 {
-		conn, err = sdbus.NewSystemdConnectionContext(connCtx)
+	type result struct {
+		conn *sdbus.Conn
+		err  error
 	}
-	if conn == nil {
-		var err2 error
-		if conn, err2 = sdbus.NewSystemConnectionContext(connCtx); err2 != nil {
-			return nil, fmt.Errorf("connecting to systemd over D-Bus: %w", errors.Join(err, err2))
+	done := make(chan result, 1)
+	// The handshake takes no context: a hung bus must not hang status,
+	// so the wait is bounded by ctx (a late connection is closed).
+	go func() {
+		var conn *sdbus.Conn
+		var err error
+		if os.Geteuid() == 0 {
+			conn, err = sdbus.NewSystemdConnectionContext(connCtx)
 		}
+		if conn == nil {
+			var err2 error
+			if conn, err2 = sdbus.NewSystemConnectionContext(connCtx); err2 != nil {
+				err = fmt.Errorf("connecting to systemd over D-Bus: %w", errors.Join(err, err2))
+			} else {
+				err = nil
+			}
+		}
+		done <- result{conn, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, r.err
+		}
+		d.conn = r.conn
+		return r.conn, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.conn != nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connecting to systemd over D-Bus: %w", ctx.Err())
 	}
-	d.conn = conn
-	return conn, nil
 }
 
 // UnitState reads a unit's load, active and sub state, when it last
