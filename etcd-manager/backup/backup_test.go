@@ -20,6 +20,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
@@ -452,4 +453,31 @@ func TestTakeRefusesCorruptSnapshot(t *testing.T) {
 	}
 	// The same etcd, without the damage, backs up fine.
 	take(t, c, st, "test")
+}
+
+// TestTakeSpoolFull: a spool folder without room (a 256 KB tmpfs) fails
+// the backup with reason "local", naming the spool file, and stores
+// nothing; a missing spool folder fails the same way. Needs root (mount).
+func TestTakeSpoolFull(t *testing.T) {
+	testtools.RequireRoot(t)
+	c := startEtcd(t, "3.6.16", "127.44.69.1")
+	fill(t, c, 1000, 3000)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mounting a small tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	st := fileStore(t)
+	_, err := backup.Take(ctxT(t), c, st, layout, backup.Options{SpoolDir: dir})
+	if backup.ReasonOf(err) != backup.ReasonLocal || !strings.Contains(err.Error(), "writing the spool file") || !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("Take with a full spool folder: %v (reason %s)", err, backup.ReasonOf(err))
+	}
+	_, err = backup.Take(ctxT(t), c, st, layout, backup.Options{SpoolDir: filepath.Join(dir, "missing")})
+	if backup.ReasonOf(err) != backup.ReasonLocal || !strings.Contains(err.Error(), "spool file") {
+		t.Fatalf("Take with a missing spool folder: %v (reason %s)", err, backup.ReasonOf(err))
+	}
+	infos, err := st.List(ctxT(t), backup.FullPrefix(layout))
+	if err != nil || len(infos) != 0 {
+		t.Fatalf("objects after failed backups: %v, %v", infos, err)
+	}
 }

@@ -139,7 +139,8 @@ func Take(ctx context.Context, c *clientv3.Client, st store.Store, l control.Lay
 	storedHash := sha256.New()
 	stored := &counter{}
 	gz, _ := gzip.NewWriterLevel(io.MultiWriter(pw, storedHash, stored), gzip.BestSpeed)
-	split := newDBSplitter(spool)
+	spoolW := &recordingWriter{w: spool}
+	split := newDBSplitter(spoolW)
 	type copyResult struct {
 		dbSHA string
 		err   error
@@ -153,6 +154,8 @@ func Take(ctx context.Context, c *clientv3.Client, st store.Store, l control.Lay
 		var r copyResult
 		_, err := io.Copy(io.MultiWriter(split, gz), resp.Snapshot)
 		switch {
+		case spoolW.err != nil:
+			r.err = fail(ReasonLocal, "backup %s: writing the spool file: %w", m.Name, spoolW.err)
 		case err != nil:
 			r.afterPut = putReturned.Load()
 			r.err = wrapCtx(ctx, ReasonEtcd, fmt.Errorf("backup %s: streaming the snapshot from etcd at %s: %w", m.Name, ep, err))
@@ -226,6 +229,21 @@ func wrapCtx(ctx context.Context, reason string, err error) error {
 		reason = ReasonCanceled
 	}
 	return &Error{Reason: reason, Err: err}
+}
+
+// recordingWriter remembers its writer's error, so a failure of the
+// local spool file is not taken for a failure of etcd's stream.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 type counter struct{ n int64 }
