@@ -41,7 +41,9 @@ type ComponentSpec struct {
 const DefaultNodeCIDRMaskSize = 24
 
 // DefaultAPIServerName is the in-cluster API name of a cluster:
-// api.<dnsZone> with the default zone internal.<cluster>.
+// api.internal.<cluster>, the name gossip publishes for the control plane.
+// The zone is fixed: nodeup, protokube and the API certificate all derive
+// it from the cluster name (there is no dnsZone setting).
 func DefaultAPIServerName(clusterName string) string {
 	return "api." + DNSZonePrefix + clusterName
 }

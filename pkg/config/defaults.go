@@ -72,9 +72,6 @@ func SetDefaults(doc any) {
 // SetDefaults fills in the fields of the cluster spec that were left unset.
 func (c *Cluster) SetDefaults() {
 	s := &c.Spec
-	if s.DNSZone == "" && c.Metadata.Name != "" {
-		s.DNSZone = DNSZonePrefix + c.Metadata.Name
-	}
 	defaultNetworking(&s.Networking)
 	defaultContainerRuntime(&s.ContainerRuntime)
 	for i := range s.EtcdClusters {

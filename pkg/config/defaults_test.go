@@ -57,9 +57,6 @@ func TestSetDefaultsControlPlaneAPIServer(t *testing.T) {
 func TestSetDefaultsCluster(t *testing.T) {
 	c := &Cluster{Metadata: ObjectMeta{Name: "example.k8s.local"}}
 	SetDefaults(c)
-	if c.Spec.DNSZone != "internal.example.k8s.local" {
-		t.Errorf("dnsZone %q", c.Spec.DNSZone)
-	}
 	if c.Spec.Gossip != nil {
 		t.Errorf("gossip turned on by default: %+v", c.Spec.Gossip)
 	}

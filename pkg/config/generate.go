@@ -53,9 +53,7 @@ func NewNodeConfig(c *Cluster, group string, role Role) *NodeConfig {
 	}
 	if role == RoleControlPlane {
 		n.Spec.EtcdClusters = cp.Spec.EtcdClusters
-	} else if cp.Spec.DNSZone != "" {
-		n.Spec.Kubelet.APIServer = "https://api." + cp.Spec.DNSZone
-	}
+}
 	n.SetDefaults()
 	return n
 }

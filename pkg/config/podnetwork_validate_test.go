@@ -17,10 +17,10 @@ func TestPodNetworkAndSeedsValidation(t *testing.T) {
 	}{
 		{"kubenet with gossip", func(c *Cluster) {}, ""},
 		{"kubenet without gossip", func(c *Cluster) {
-			c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "example.com", "internal.example.com", nil
+			c.Metadata.Name, c.Spec.Gossip = "example.com", nil
 		}, `spec.gossip: required when networking.mode is "kubenet"`},
 		{"cni without gossip", func(c *Cluster) {
-			c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "example.com", "internal.example.com", nil
+			c.Metadata.Name, c.Spec.Gossip = "example.com", nil
 			c.Spec.Networking.Mode, c.Spec.Networking.Provider = NetworkingCNI, "calico"
 		}, ""},
 		{"aws seeds", func(c *Cluster) { c.Spec.Gossip.Seeds = SeedsAWS }, `spec.gossip.seeds: "aws" is not supported in a configuration yet`},

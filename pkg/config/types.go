@@ -41,9 +41,6 @@ type Cluster struct {
 type ClusterSpec struct {
 	// KubernetesVersion is a semantic version such as "1.31.2".
 	KubernetesVersion string `yaml:"kubernetesVersion" json:"kubernetesVersion"`
-	// DNSZone is the internal zone served by gossip DNS, for example
-	// "internal.example.k8s.local". Defaults to "internal.<cluster name>".
-	DNSZone          string               `yaml:"dnsZone,omitempty" json:"dnsZone,omitempty"`
 	Networking       NetworkingSpec       `yaml:"networking" json:"networking"`
 	EtcdClusters     []EtcdClusterSpec    `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
 	Gossip           *GossipSpec          `yaml:"gossip,omitempty" json:"gossip,omitempty"`

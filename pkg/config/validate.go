@@ -85,10 +85,6 @@ func (c *Cluster) Validate() error {
 	v.dnsName("metadata.name", c.Metadata.Name, true)
 	s := &c.Spec
 	v.kubernetesVersion("spec.kubernetesVersion", s.KubernetesVersion)
-	if isDNSName(c.Metadata.Name) || s.DNSZone != DNSZonePrefix+c.Metadata.Name {
-		// A zone defaulted from an invalid name would repeat that error.
-		v.dnsName("spec.dnsZone", s.DNSZone, true)
-	}
 	v.networking("spec.networking", &s.Networking)
 	v.containerRuntime("spec.containerRuntime", &s.ContainerRuntime)
 	if len(s.EtcdClusters) == 0 {

@@ -142,7 +142,6 @@ func TestValidateCluster(t *testing.T) {
 	}{
 		{"cluster name", func(c *Cluster) { c.Metadata.Name = "-bad.k8s.local" }, "metadata.name", "not a valid DNS name"},
 		{"cluster name too long", func(c *Cluster) { c.Metadata.Name = strings.Repeat("a", 64) + ".k8s.local" }, "metadata.name", "not a valid DNS name"},
-		{"dns zone", func(c *Cluster) { c.Spec.DNSZone = "internal_zone" }, "spec.dnsZone", "not a valid DNS name"},
 		{"no etcd", func(c *Cluster) { c.Spec.EtcdClusters = nil }, "spec.etcdClusters", `at least the "main" etcd cluster`},
 		{"no main etcd", func(c *Cluster) { c.Spec.EtcdClusters = c.Spec.EtcdClusters[1:] }, "spec.etcdClusters", `an etcd cluster named "main" is required`},
 		{"etcd version", func(c *Cluster) { c.Spec.EtcdClusters[1].Version = "3.9.99" }, "spec.etcdClusters[1].version", `"3.9.99" is not a supported etcd version (supported: 3.5, 3.6, 3.7)`},
@@ -163,7 +162,7 @@ func TestValidateCluster(t *testing.T) {
 	}
 	// A cluster with its own DNS zone does not need gossip.
 	c := loadExampleCluster(t)
-	c.Metadata.Name, c.Spec.DNSZone, c.Spec.Gossip = "prod.example.com", "internal.prod.example.com", nil
+	c.Metadata.Name, c.Spec.Gossip = "prod.example.com", nil
 	if err := c.Validate(); err != nil {
 		t.Errorf("cluster without gossip: %v", err)
 	}
