@@ -17,9 +17,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/kopsnode/agents/e2e/machine"
+	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/testtools"
 	"github.com/kopsnode/agents/pkg/testtools/netns"
+	units "github.com/kopsnode/agents/systemd-units"
 )
 
 // clusterPrefix is the cluster test's machine network. It differs from
@@ -37,7 +39,7 @@ const (
 // mirror serving the assets over HTTP, and machines booted from a node
 // image that run their userdata with cloud-init.
 type clusterFixture struct {
-	t       *testing.T
+	t       testing.TB
 	nw      *netns.Network
 	minio   *testtools.MinIO
 	mirror  *assetServer
@@ -46,6 +48,9 @@ type clusterFixture struct {
 	// machines by name, in boot order.
 	machines map[string]*clusterMachine
 	nextHost int
+	// baked maps an instance group to its baked asset cache on the host
+	// (bootCluster with Baked), given to the group's machines at boot.
+	baked map[string]string
 }
 
 // clusterMachine is one booted machine of the cluster.
@@ -59,7 +64,7 @@ type clusterMachine struct {
 	opts  machine.Options
 }
 
-func newClusterFixture(t *testing.T, hosts int) *clusterFixture {
+func newClusterFixture(t testing.TB, hosts int) *clusterFixture {
 	t.Helper()
 	testtools.RequireRoot(t)
 	c := &clusterFixture{t: t, machines: map[string]*clusterMachine{}}
@@ -136,7 +141,7 @@ var hostSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic
 
 // keepHostSysctls restores the host's values of hostSysctls when the test
 // ends.
-func keepHostSysctls(t *testing.T) {
+func keepHostSysctls(t testing.TB) {
 	t.Helper()
 	saved := map[string][]byte{}
 	for _, k := range hostSysctls {
@@ -158,7 +163,7 @@ func keepHostSysctls(t *testing.T) {
 // checkNoHostPodCgroups fails the test if a kubelet in a machine made its
 // pod cgroups in the host's own cgroups (where machines would share them
 // and they would outlive the test), checked when the test ends.
-func checkNoHostPodCgroups(t *testing.T) {
+func checkNoHostPodCgroups(t testing.TB) {
 	t.Helper()
 	find := func() []string {
 		var found []string
@@ -184,7 +189,7 @@ func checkNoHostPodCgroups(t *testing.T) {
 }
 
 // loopDevice makes a blank loop device of size bytes, removed at cleanup.
-func loopDevice(t *testing.T, size int64) string {
+func loopDevice(t testing.TB, size int64) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(f, nil, 0o600); err != nil {
@@ -272,6 +277,11 @@ func (c *clusterFixture) boot(name, group string, userdata []byte, etcdClusters 
 			}
 			return os.Symlink("/etc/systemd/system/cgroups-rw.service", filepath.Join(wants, "cgroups-rw.service"))
 		},
+	}
+	if cache := c.baked[group]; cache != "" {
+		// A baked image: nodeup installed, its asset cache filled.
+		cm.opts.Binds = append(cm.opts.Binds, machine.Bind{Source: cache, Target: tasks.CacheDir})
+		cm.opts.Files = append(cm.opts.Files, machine.File{Path: units.NodeupBin, Data: c.nodeup, Mode: 0o755})
 	}
 	for _, e := range etcdClusters {
 		dev := loopDevice(c.t, 1<<30)

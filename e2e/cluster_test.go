@@ -39,30 +39,13 @@ func controlPlanes(t *testing.T) int {
 func TestClusterOnBootedMachines(t *testing.T) {
 	cps := controlPlanes(t)
 	c := newClusterFixture(t, cps+1)
-	parts := c.publishParts()
-	cpHash := c.putNodeConfig(c.nodeConfig("control-plane", true, parts, cps))
-	nodesHash := c.putNodeConfig(c.nodeConfig("nodes", false, parts, cps))
-
-	start := time.Now()
-	var cpMachines []*clusterMachine
-	for i := 0; i < cps; i++ {
-		cpMachines = append(cpMachines, c.boot(fmt.Sprintf("cp-%d", i), "control-plane", c.userdata("control-plane", cpHash), []string{"main", "events"}))
-	}
-	cp := cpMachines[0]
-	c.waitAPI(cp, 6*time.Minute)
-	t.Logf("API answers %s after the first machine started", time.Since(start).Round(time.Second))
-
-	worker := c.boot("node-0", "nodes", c.userdata("nodes", nodesHash), nil)
-	names := []string{worker.Name()}
-	for _, m := range cpMachines {
-		names = append(names, m.Name())
-	}
-	c.waitNodesReady(cp, names, 6*time.Minute)
-	t.Logf("all %d nodes Ready %s after the first machine started", len(names), time.Since(start).Round(time.Second))
+	bc := c.bootCluster(clusterBoot{ControlPlanes: cps, Workers: 1})
+	cp, worker := bc.ControlPlanes[0], bc.Workers[0]
+	c.checkNodeupStatus(worker, cp)
 
 	c.checkWorkload(cp, worker)
 	if cps == 3 {
-		c.checkControlPlaneLoss(cp, cpMachines[1])
+		c.checkControlPlaneLoss(cp, bc.ControlPlanes[1])
 	}
 }
 

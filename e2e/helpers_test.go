@@ -17,7 +17,7 @@ import (
 )
 
 // moduleRoot is the directory of go.mod.
-func moduleRoot(t *testing.T) string {
+func moduleRoot(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" {
@@ -27,7 +27,7 @@ func moduleRoot(t *testing.T) string {
 }
 
 // buildBinary builds a static binary of a package of this module.
-func buildBinary(t *testing.T, pkg string) string {
+func buildBinary(t testing.TB, pkg string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -56,7 +56,7 @@ type assetServer struct {
 }
 
 // newAssetServer serves on ln until the test ends (or close is called).
-func newAssetServer(t *testing.T, ln net.Listener) *assetServer {
+func newAssetServer(t testing.TB, ln net.Listener) *assetServer {
 	t.Helper()
 	s := &assetServer{URL: "http://" + ln.Addr().String(), blobs: map[string][]byte{}}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -90,7 +90,7 @@ func (s *assetServer) set(name string, b []byte) {
 }
 
 // waitFor polls cond until it returns true or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last string
