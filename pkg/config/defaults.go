@@ -4,7 +4,7 @@ package config
 // configuration reference (docs/configuration.md) lists them.
 const (
 	DefaultContainerRuntime  = "containerd"
-	DefaultSandboxImage      = "registry.k8s.io/pause:3.10"
+	DefaultSandboxImage      = "registry.k8s.io/pause:3.10.1"
 	DefaultNetworkingMode    = NetworkingKubenet
 	DefaultPodCIDR           = "100.96.0.0/11"
 	DefaultServiceCIDR       = "100.64.0.0/13"
