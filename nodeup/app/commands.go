@@ -149,6 +149,9 @@ func bootstrapCommand() *cli.Command {
 		Name:    "bootstrap-script",
 		Summary: "render the userdata shell script that installs and starts nodeup",
 		Flags: func(fs *flag.FlagSet) {
+			// Each run parses into fresh options: a repeated flag appends,
+			// so a second run of the same App would see the first's URLs.
+			o = BootstrapOptions{}
 			bindBoot(fs, &o.Boot)
 			fs.Var(listFlag{&o.NodeupURLs}, "nodeup-url", "mirror URL of the nodeup binary (repeat or comma-separate; tried in order)")
 			fs.StringVar(&o.NodeupSHA256, "nodeup-sha256", "", "sha256 of the nodeup binary")

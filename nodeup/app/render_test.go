@@ -114,8 +114,8 @@ func TestCLIRenderFileStore(t *testing.T) {
 			t.Errorf("group %s: boot configuration %+v, stored configuration hash %s", group, bc, config.FileHash(cfg))
 		}
 		var bs bytes.Buffer
-		// A fresh app: --nodeup-url accumulates over runs of one.
-		if code := NewApp(fileOpener).Run(ctx, cliEnv(&bs), []string{"bootstrap-script", "--store", storeURL, "--cluster", renderCluster, "--group", group,
+		// The same app as render: each run parses into fresh options.
+		if code := app.Run(ctx, cliEnv(&bs), []string{"bootstrap-script", "--store", storeURL, "--cluster", renderCluster, "--group", group,
 			"--config-hash", bc.ConfigHash, "--nodeup-url", nodeupURL(t, string(script)), "--nodeup-sha256", nodeupSHA(t, string(script))}); code != 0 {
 			t.Fatalf("bootstrap-script exit %d: %s", code, bs.String())
 		}
