@@ -199,7 +199,8 @@ func TestAgainstRealAPIServer(t *testing.T) {
 		if code := app.Run(ctx, env, []string{"manifests-status", "--address", d.StatusAddr()}); code != 0 {
 			t.Fatalf("manifests-status: exit %d: %s", code, errOut.String())
 		}
-		for _, s := range []string{"cluster " + testCluster + ": ready", "Deployment/kube-system/coredns", "Secret/kube-system/" + bootstraptoken.SecretName(tok), "unchanged"} {
+		for _, s := range []string{"cluster " + testCluster + ": ready", "Deployment/kube-system/coredns", "Secret/kube-system/" + bootstraptoken.SecretName(tok), "unchanged",
+			"node bootstrap token " + tok.ID + ", expires " + first.Tokens.Current.Expires.Format(time.RFC3339) + "; Secrets applied for " + tok.ID} {
 			if !strings.Contains(out.String(), s) {
 				t.Errorf("manifests-status lacks %q:\n%s", s, out.String())
 			}
@@ -209,7 +210,7 @@ func TestAgainstRealAPIServer(t *testing.T) {
 			t.Fatalf("manifests-status -o json: exit %d: %s", code, errOut.String())
 		}
 		var js Status
-		if err := json.Unmarshal(out.Bytes(), &js); err != nil || !js.Ready || len(js.Objects) != 11 {
+		if err := json.Unmarshal(out.Bytes(), &js); err != nil || !js.Ready || len(js.Objects) != 11 || js.BootstrapToken == nil || js.BootstrapToken.Current != tok.ID {
 			t.Errorf("json status (%v): %s", err, out.String())
 		}
 		if strings.Contains(out.String(), tok.Secret) || strings.Contains(logs.String(), tok.Secret) {
