@@ -97,7 +97,7 @@ func baseline(tb testing.TB, c *clientv3.Client, dir string) int64 {
 }
 
 // BenchmarkFullBackup takes a full backup of a cluster holding
-// KOPSNODE_BENCH_BACKUP_KEYS keys (default 100,000 of 1 KB: about 200 MB of database)
+// KOPSNODE_BENCH_BACKUP_KEYS keys (default 100,000 of 1.5 KB: about 200 MB of database)
 // into a file store, beside the baseline in the same run, and reports
 // both times, their ratio (target: 1.3 or less), the sizes and the heap
 // peak of Take.
@@ -113,7 +113,7 @@ func BenchmarkFullBackup(b *testing.B) {
 		keys = n
 	}
 	c := startEtcd(b, "3.6.16", "127.44.66.1")
-	load(b, c, keys, 1000)
+	load(b, c, keys, 1500)
 	st := fileStore(b)
 	var takeTotal, baseTotal time.Duration
 	var dbSize, stored, baseStored int64
