@@ -88,6 +88,9 @@ const (
 	// KubeletBootstrapKubeconfig holds the bootstrap token on nodes that
 	// join by TLS bootstrap (workers).
 	KubeletBootstrapKubeconfig = "/var/lib/kubelet/bootstrap-kubeconfig"
+	// KubeletClientCert is the client certificate a TLS-bootstrapped
+	// kubelet obtained and keeps rotated (the kubelet's own path).
+	KubeletClientCert = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 	// KubeletClientCA is the kubernetes CA's public certificate: the kubelet
 	// accepts the API server's client certificate (logs, exec) with it.
 	KubeletClientCA = "/var/lib/kubelet/ca.crt"
@@ -128,6 +131,7 @@ func (kubeletBuilder) Build(in *Input, c *Collector) error {
 		if err := c.Add(&tasks.BootstrapKubeconfig{
 			Path: KubeletBootstrapKubeconfig, Server: spec.Kubelet.APIServer, CA: pki.CAKubernetes,
 			Keystore: in.Keystore, Store: in.Store, Cluster: in.cluster(), Now: in.Now,
+			JoinedCert: KubeletClientCert,
 		}); err != nil {
 			return err
 		}

@@ -74,8 +74,14 @@ type BootstrapKubeconfig struct {
 	Cluster string
 	// Now is the clock against which the token's expiry is checked
 	// (time.Now when nil).
-	Now   func() time.Time
-	Needs []string
+	Now func() time.Time
+	// JoinedCert is the kubelet's own client certificate, which it writes
+	// once its CSR is approved (and rotates itself). While it is valid and
+	// the bootstrap kubeconfig exists, the node has joined and the file is
+	// left as it is: a rotated or expired token then neither blocks a
+	// joined node's boot nor restarts its kubelet.
+	JoinedCert string
+	Needs      []string
 }
 
 // BootstrapUser names the user entry of bootstrap kubeconfigs.
@@ -96,6 +102,9 @@ func (t *BootstrapKubeconfig) Find(ctx context.Context, env *engine.Env) (engine
 	now := time.Now
 	if t.Now != nil {
 		now = t.Now
+	}
+	if t.joined(env, now()) {
+		return nil, nil
 	}
 	// An expired token is an error (retried: the control plane replaces
 	// it), never written: the kubelet would be refused with no hint why.
@@ -119,6 +128,20 @@ func (t *BootstrapKubeconfig) Find(ctx context.Context, env *engine.Env) (engine
 		return nil, err
 	}
 	return d, nil
+}
+
+// joined says the kubelet holds a valid client certificate of its own and
+// the bootstrap kubeconfig is in place.
+func (t *BootstrapKubeconfig) joined(env *engine.Env, now time.Time) bool {
+	if t.JoinedCert == "" || !env.FS.Exists(t.Path) {
+		return false
+	}
+	b, err := env.FS.ReadFile(t.JoinedCert)
+	if err != nil {
+		return false
+	}
+	c, err := pki.ParseCertPEM(b)
+	return err == nil && now.Before(c.NotAfter) && !now.Before(c.NotBefore)
 }
 
 func (t *BootstrapKubeconfig) Apply(ctx context.Context, env *engine.Env, d engine.Diff) error {

@@ -113,6 +113,34 @@ func TestBootstrapKubeconfigAndCACertWithoutCAKey(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, late.Path)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a bootstrap kubeconfig with an expired token was written: %v", err)
 	}
+
+	// A node that has joined (the kubelet holds a valid certificate of its
+	// own) keeps its bootstrap kubeconfig as it is: an expired or rotated
+	// token neither fails its run nor changes the file (which would
+	// restart the kubelet).
+	kp, err := ca.Issue(pki.CertRequest{CommonName: "system:node:n1", Organization: []string{"system:nodes"}, Usage: pki.UsageClient, Validity: 48 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath := "/var/lib/kubelet/pki/kubelet-client-current.pem"
+	if err := os.MkdirAll(filepath.Join(root, "var/lib/kubelet/pki"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, certPath), pki.EncodeCertPEM(kp.Cert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	joined := *bk
+	joined.JoinedCert = certPath
+	joined.Now = late.Now
+	if d, err := joined.Find(ctx, e); d != nil || err != nil {
+		t.Errorf("a joined node's bootstrap kubeconfig with an expired token: diff %v, error %v; want neither", d, err)
+	}
+	// Its certificate expired too: the node must bootstrap again, and the
+	// expired token is the error again.
+	joined.Now = func() time.Time { return kp.Cert.NotAfter.Add(time.Minute) }
+	if _, err := joined.Find(ctx, e); !errors.As(err, &expired) {
+		t.Errorf("a node whose certificate expired, with an expired token: %v", err)
+	}
 }
 
 // ctrFake plays containerd for `ctr images import`: the imported
