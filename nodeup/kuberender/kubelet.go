@@ -2,6 +2,7 @@ package kuberender
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -61,6 +62,9 @@ func KubeletConfiguration(s config.NodeConfigSpec, o KubeletOptions) (*kubeletv1
 	if s.Kubelet.ResolvConf != "" {
 		r := s.Kubelet.ResolvConf
 		kc.ResolverConfig = &r
+	}
+	if len(s.Kubelet.EvictionHard) > 0 {
+		kc.EvictionHard = maps.Clone(s.Kubelet.EvictionHard)
 	}
 	for i, raw := range s.Kubelet.Taints {
 		taint, err := ParseTaint(raw)

@@ -3,6 +3,7 @@ package kuberender
 import (
 	"bytes"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,6 +59,7 @@ func TestKubeletConfigGolden(t *testing.T) {
 			s.Kubelet.Taints = []string{"node-role.kubernetes.io/control-plane:NoSchedule", "dedicated=etcd:NoExecute"}
 			s.Kubelet.FailCgroupV1 = &f
 			s.Kubelet.ResolvConf = "/run/systemd/resolve/resolv.conf"
+			s.Kubelet.EvictionHard = map[string]string{"memory.available": "100Mi", "nodefs.available": "1Gi"}
 			s.ContainerRuntime.SystemdCgroup = &f
 		}), KubeletOptions{ClientCAFile: "/etc/kubernetes/pki/ca.crt"}},
 	} {
@@ -83,6 +85,9 @@ func TestKubeletConfigGolden(t *testing.T) {
 			}
 			if (kc.FailCgroupV1 == nil) != (c.s.Kubelet.FailCgroupV1 == nil) {
 				t.Errorf("failCgroupV1 %v", kc.FailCgroupV1)
+			}
+			if !maps.Equal(kc.EvictionHard, c.s.Kubelet.EvictionHard) {
+				t.Errorf("evictionHard %v, want %v", kc.EvictionHard, c.s.Kubelet.EvictionHard)
 			}
 			if len(kc.ClusterDNS) != 1 || kc.ClusterDNS[0] != "100.64.0.10" {
 				t.Errorf("clusterDNS %v", kc.ClusterDNS)

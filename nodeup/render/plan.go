@@ -159,6 +159,7 @@ func buildGroup(c *config.Cluster, g config.InstanceGroupSpec, in Inputs) (Group
 		}
 		s.Kubelet.ResolvConf = k.ResolvConf
 		s.Kubelet.ExtraArgs = copyMap(k.ExtraArgs)
+		s.Kubelet.EvictionHard = copyMap(k.EvictionHard)
 	}
 	s.Kubelet.Taints = slices.Clone(g.Taints)
 	s.Kubelet.NodeLabels = copyMap(g.NodeLabels)

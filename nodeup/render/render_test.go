@@ -500,7 +500,7 @@ func TestExampleClusterRenders(t *testing.T) {
 func TestClusterKubeletReachesNodes(t *testing.T) {
 	m := newMirror(t, testTable())
 	data := strings.Replace(string(clusterYAML(m.URL, clusterOpts{})), "    failCgroupV1: false\n",
-		"    failCgroupV1: false\n    maxPods: 64\n    clusterDomain: corp.local\n    resolvConf: /run/systemd/resolve/resolv.conf\n    extraArgs: {v: \"4\"}\n", 1)
+		"    failCgroupV1: false\n    maxPods: 64\n    clusterDomain: corp.local\n    resolvConf: /run/systemd/resolve/resolv.conf\n    extraArgs: {v: \"4\"}\n    evictionHard: {nodefs.available: 1Gi}\n", 1)
 	_, p, err := run(t, fileStore(t), []byte(data), true)
 	if err != nil {
 		t.Fatal(err)
@@ -508,7 +508,7 @@ func TestClusterKubeletReachesNodes(t *testing.T) {
 	for _, g := range p.Groups {
 		k := g.Config.Spec.Kubelet
 		if k.FailCgroupV1 == nil || *k.FailCgroupV1 || k.MaxPods != 64 || k.ClusterDomain != "corp.local" ||
-			k.ResolvConf != "/run/systemd/resolve/resolv.conf" || k.ExtraArgs["v"] != "4" {
+			k.ResolvConf != "/run/systemd/resolve/resolv.conf" || k.ExtraArgs["v"] != "4" || k.EvictionHard["nodefs.available"] != "1Gi" {
 			t.Errorf("group %s: kubelet %+v", g.Name, k)
 		}
 	}

@@ -85,6 +85,8 @@ type ClusterKubeletSpec struct {
 	ResolvConf string `yaml:"resolvConf,omitempty" json:"resolvConf,omitempty"`
 	// ExtraArgs is KubeletSpec.ExtraArgs for every node.
 	ExtraArgs map[string]string `yaml:"extraArgs,omitempty" json:"extraArgs,omitempty"`
+	// EvictionHard is KubeletSpec.EvictionHard for every node.
+	EvictionHard map[string]string `yaml:"evictionHard,omitempty" json:"evictionHard,omitempty"`
 }
 
 // InstanceGroupSpec is a group of machines that share one node
@@ -191,6 +193,11 @@ type KubeletSpec struct {
 	// ResolvConf is the resolver file the kubelet gives pods with the
 	// Default DNS policy (kubelet default /etc/resolv.conf).
 	ResolvConf string `yaml:"resolvConf,omitempty" json:"resolvConf,omitempty"`
+	// EvictionHard is the KubeletConfiguration setting of the same name:
+	// eviction signal (memory.available, nodefs.available, ...) to
+	// threshold (a quantity such as 1Gi, or a percentage such as 10%).
+	// Unset: the kubelet's defaults. Set: the kubelet uses exactly these.
+	EvictionHard map[string]string `yaml:"evictionHard,omitempty" json:"evictionHard,omitempty"`
 }
 
 // KubeProxySpec configures kube-proxy, which nodeup runs on every node

@@ -483,6 +483,7 @@ func (v *validator) kubelet(path string, k *KubeletSpec) {
 	if k.MaxPods < 1 || k.MaxPods > 1024 {
 		v.add(path+".maxPods", fmt.Sprintf("%d is out of range (1 to 1024)", k.MaxPods))
 	}
+	v.evictionHard(path+".evictionHard", k.EvictionHard)
 	for _, key := range sortedKeys(k.NodeLabels) {
 		p := path + ".nodeLabels[" + strconv.Quote(key) + "]"
 		if !isLabelKey(key) {
@@ -561,6 +562,31 @@ func (v *validator) clusterKubelet(path string, k *ClusterKubeletSpec) {
 		v.add(path+".resolvConf", fmt.Sprintf("%q is not an absolute file path", k.ResolvConf))
 	}
 	v.extraArgs(path+".extraArgs", k.ExtraArgs)
+	v.evictionHard(path+".evictionHard", k.EvictionHard)
+}
+
+// evictionSignals are the kubelet's hard eviction signals on Linux.
+var evictionSignals = map[string]bool{
+	"memory.available": true, "nodefs.available": true, "nodefs.inodesFree": true,
+	"imagefs.available": true, "imagefs.inodesFree": true,
+	"containerfs.available": true, "containerfs.inodesFree": true, "pid.available": true,
+}
+
+// evictionThresholdRE is a threshold: a percentage (0 to 100, exclusive of
+// 100) or a non-negative quantity with an optional binary or decimal
+// suffix, as the kubelet parses them.
+var evictionThresholdRE = regexp.MustCompile(`^(([0-9]{1,2}(\.[0-9]+)?%)|([0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?))$`)
+
+func (v *validator) evictionHard(path string, m map[string]string) {
+	for _, key := range sortedKeys(m) {
+		p := path + "[" + strconv.Quote(key) + "]"
+		if !evictionSignals[key] {
+			v.add(p, fmt.Sprintf("%q is not a kubelet eviction signal (one of %s)", key, strings.Join(sortedKeys(evictionSignals), ", ")))
+		}
+		if !evictionThresholdRE.MatchString(m[key]) {
+			v.add(p, fmt.Sprintf("%q is not a threshold (a quantity such as 1Gi or 500Mi, or a percentage below 100 such as 10%%)", m[key]))
+		}
+	}
 }
 
 func (v *validator) instanceGroups(path string, groups []InstanceGroupSpec) {
