@@ -11,7 +11,11 @@ TEST_TIMEOUT ?= 75m
 
 export TOOLS_DIR
 
-.PHONY: all build test e2e-ha lint tools bench fuzz demo clean $(addprefix bin/,$(BINARIES))
+# Booted-machine runs started by make take this lock, one at a time on the
+# machine (a cluster of real Kubernetes machines loads both cores).
+E2E_LOCK ?= /tmp/kopsnode-e2e.lock
+
+.PHONY: all build test e2e-ha lint tools bench fuzz demo demo-down demo-scratch clean $(addprefix bin/,$(BINARIES))
 
 all: build
 
@@ -53,12 +57,42 @@ lint:
 	$(GO) vet ./...
 
 # Benchmarks that print the figures the issues name. One package at a time
-# (-p 1): benchmarks running side by side would measure each other.
+# (-p 1): benchmarks running side by side would measure each other. The
+# booted-machine benchmark (boot to Ready: a control-plane machine and a
+# worker from baked images, with the phases) runs last, once, under the
+# e2e lock; like the e2e tests it needs root.
 bench: tools build
-	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m $$($(GO) list ./... | grep -v '/e2e')
+	flock $(E2E_LOCK) $(GO) test -count=1 -run '^$$' -bench '^BenchmarkBootToReady$$' -benchtime 1x -timeout 30m ./e2e/
 
-# nodeup's main job on the embedded default (file://) store, against a scratch root.
-demo: bin/nodeup
+# A small local cluster of booted machines: one control-plane machine and
+# KOPSNODE_DEMO_NODES workers (default 1), booted from userdata as in the
+# cluster test, left running with the admin kubeconfig at
+# $(DEMO_DIR)/admin.conf until Ctrl-C here or `make demo-down` elsewhere,
+# then removed. It first says what it lacks (root, systemd-nspawn, the parts
+# of `make tools`). Ctrl-C reaches only the demo (the recipe's shell and
+# flock ignore it), so make returns once everything is removed.
+DEMO_DIR ?= /tmp/kopsnode-demo
+demo:
+	@echo "demo: taking the e2e lock $(E2E_LOCK) (waits while another booted-machine run holds it)"
+	@trap '' INT; KOPSNODE_DEMO_DIR=$(DEMO_DIR) flock $(E2E_LOCK) $(GO) test -tags demo -count=1 -run '^TestDemo$$' -timeout 0 -v ./e2e/
+
+# Ends a running `make demo` through its pid file (SIGTERM; the demo removes
+# its machines, network, volumes, store and mirror) and waits until it has.
+demo-down:
+	@f=$(DEMO_DIR)/demo.pid; \
+	if [ ! -f "$$f" ]; then echo "demo-down: no demo running (no $$f)"; exit 0; fi; \
+	pid=$$(cat "$$f"); \
+	if ! kill -0 "$$pid" 2>/dev/null || ! grep -qs 'e2e.test' /proc/$$pid/cmdline; then \
+	  echo "demo-down: demo process $$pid is gone; removing the stale $$f"; rm -f "$$f"; exit 0; fi; \
+	echo "demo-down: asking the demo (pid $$pid) to remove everything"; \
+	kill -TERM "$$pid"; \
+	while kill -0 "$$pid" 2>/dev/null; do sleep 1; done; \
+	echo "demo-down: the demo has ended"
+
+# nodeup's main job on the embedded default (file://) store, against a
+# scratch root (no machine, no root needed).
+demo-scratch: bin/nodeup
 	examples/demo/run.sh
 
 # Short runs of every fuzz target (FUZZTIME each).
