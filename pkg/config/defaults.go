@@ -13,7 +13,6 @@ const (
 	DefaultMaxPods           = 110
 	DefaultEtcdVolumeSizeGiB = 20
 	DefaultBackupInterval    = "15m"
-	DefaultBackupRetain      = 24
 	DefaultGossipPort        = 3996
 	DefaultGossipSeeds       = SeedsStore
 	DefaultDNSListen         = "127.0.0.2:53"
@@ -180,9 +179,6 @@ func defaultEtcdCluster(e *EtcdClusterSpec) {
 	}
 	if e.Backups.Interval == "" {
 		e.Backups.Interval = DefaultBackupInterval
-	}
-	if e.Backups.Retain == 0 {
-		e.Backups.Retain = DefaultBackupRetain
 	}
 }
 

@@ -35,7 +35,7 @@ func TestSetDefaultsNodeConfig(t *testing.T) {
 		{"etcdClusters[0] ports", [3]int{s.EtcdClusters[0].PeerPort, s.EtcdClusters[0].ClientPort, s.EtcdClusters[0].ManagerPort}, [3]int{2380, 4001, 3994}},
 		{"etcdClusters[1] ports", [3]int{s.EtcdClusters[1].PeerPort, s.EtcdClusters[1].ClientPort, s.EtcdClusters[1].ManagerPort}, [3]int{2381, 4002, 3995}},
 		{"etcdClusters[2] ports (no defaults)", [3]int{s.EtcdClusters[2].PeerPort, s.EtcdClusters[2].ClientPort, s.EtcdClusters[2].ManagerPort}, [3]int{0, 0, 0}},
-		{"etcdClusters[0].backups", s.EtcdClusters[0].Backups, BackupSpec{Interval: "15m", Retain: 24}},
+		{"etcdClusters[0].backups", s.EtcdClusters[0].Backups, BackupSpec{Interval: "15m"}},
 		{"etcdClusters[0].volume", s.EtcdClusters[0].Volume, VolumeSpec{SizeGiB: 20}},
 		{"etcdClusters[0].members (required, not defaulted)", s.EtcdClusters[0].Members, 0},
 	}
@@ -72,7 +72,7 @@ func TestSetDefaultsKeepsExplicitValues(t *testing.T) {
 		ContainerRuntime: ContainerRuntimeSpec{Name: "docker", SystemdCgroup: &f},
 		Kubelet:          KubeletSpec{MaxPods: 30, ClusterDomain: "k8s.example", ClusterDNS: "169.254.20.10", APIServer: "https://10.0.0.1"},
 		Networking:       NetworkingSpec{Mode: "cni", Provider: "cilium", PodCIDR: "10.0.0.0/16", ServiceCIDR: "10.1.0.0/16", NonMasqueradeCIDR: "10.0.0.0/8"},
-		EtcdClusters:     []EtcdClusterSpec{{Name: "main", PeerPort: 1, ClientPort: 2, ManagerPort: 3, Volume: VolumeSpec{SizeGiB: 5}, Backups: BackupSpec{Interval: "1h", Retain: 3}}},
+		EtcdClusters:     []EtcdClusterSpec{{Name: "main", PeerPort: 1, ClientPort: 2, ManagerPort: 3, Volume: VolumeSpec{SizeGiB: 5}, Backups: BackupSpec{Interval: "1h"}}},
 		Gossip:           &GossipSpec{Port: 7946, Seeds: "static", DNSListen: "127.0.0.9:5353"},
 	}}
 	want := &NodeConfig{}

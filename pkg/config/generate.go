@@ -53,7 +53,7 @@ func NewNodeConfig(c *Cluster, group string, role Role) *NodeConfig {
 	}
 	if role == RoleControlPlane {
 		n.Spec.EtcdClusters = cp.Spec.EtcdClusters
-}
+	}
 	n.SetDefaults()
 	return n
 }

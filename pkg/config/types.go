@@ -40,11 +40,11 @@ type Cluster struct {
 // ClusterSpec is what every node of the cluster shares.
 type ClusterSpec struct {
 	// KubernetesVersion is a semantic version such as "1.31.2".
-	KubernetesVersion string `yaml:"kubernetesVersion" json:"kubernetesVersion"`
-	Networking       NetworkingSpec       `yaml:"networking" json:"networking"`
-	EtcdClusters     []EtcdClusterSpec    `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
-	Gossip           *GossipSpec          `yaml:"gossip,omitempty" json:"gossip,omitempty"`
-	ContainerRuntime ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
+	KubernetesVersion string               `yaml:"kubernetesVersion" json:"kubernetesVersion"`
+	Networking        NetworkingSpec       `yaml:"networking" json:"networking"`
+	EtcdClusters      []EtcdClusterSpec    `yaml:"etcdClusters,omitempty" json:"etcdClusters,omitempty"`
+	Gossip            *GossipSpec          `yaml:"gossip,omitempty" json:"gossip,omitempty"`
+	ContainerRuntime  ContainerRuntimeSpec `yaml:"containerRuntime" json:"containerRuntime"`
 	// Assets says where `nodeup render` finds the release files the node
 	// configurations pin (docs/cluster-render.md).
 	Assets *ClusterAssetsSpec `yaml:"assets,omitempty" json:"assets,omitempty"`
@@ -259,9 +259,6 @@ type VolumeSpec struct {
 type BackupSpec struct {
 	// Interval is a Go duration (default "15m", at least "1m").
 	Interval string `yaml:"interval,omitempty" json:"interval,omitempty"`
-	// Retain is how many backups to keep at the full interval (default
-	// 24); older ones are thinned to daily.
-	Retain int `yaml:"retain,omitempty" json:"retain,omitempty"`
 	// Store overrides the backup location (default: the state store).
 	Store string `yaml:"store,omitempty" json:"store,omitempty"`
 }

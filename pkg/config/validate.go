@@ -277,9 +277,6 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 			v.add(p+".volume.device", fmt.Sprintf("%q is not a clean device path under /dev/", d))
 		}
 		v.duration(p+".backups.interval", e.Backups.Interval, time.Minute)
-		if e.Backups.Retain < 1 || e.Backups.Retain > 10000 {
-			v.add(p+".backups.retain", fmt.Sprintf("%d is out of range (1 to 10000)", e.Backups.Retain))
-		}
 		if e.Backups.Store != "" {
 			v.storeURL(p+".backups.store", e.Backups.Store)
 		}

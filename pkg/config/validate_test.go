@@ -109,7 +109,6 @@ func TestValidateNodeConfig(t *testing.T) {
 		{"gossip port clash", "control-plane", func(n *NodeConfig) { n.Spec.Gossip.Port = 3995 }, "spec.gossip.port", "already used by spec.etcdClusters[1].managerPort"},
 		{"backup interval syntax", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "15" }, "spec.etcdClusters[0].backups.interval", `"15" is not a duration`},
 		{"backup interval too short", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "59s" }, "spec.etcdClusters[0].backups.interval", "shorter than the minimum of 1m"},
-		{"backup retain", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Retain = -1 }, "spec.etcdClusters[0].backups.retain", "out of range"},
 		{"backup store", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Store = "https://bucket" }, "spec.etcdClusters[0].backups.store", "not a state store URL"},
 		{"backup store bucket", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Store = "s3:///prefix" }, "spec.etcdClusters[0].backups.store", "names no bucket"},
 		{"volume size", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Volume.SizeGiB = -5 }, "spec.etcdClusters[0].volume.sizeGiB", "out of range"},
@@ -150,7 +149,7 @@ func TestValidateCluster(t *testing.T) {
 		{"etcd version", func(c *Cluster) { c.Spec.EtcdClusters[1].Version = "3.9.99" }, "spec.etcdClusters[1].version", `"3.9.99" is not a supported etcd version (supported: 3.5, 3.6, 3.7)`},
 		{"other etcd without ports", func(c *Cluster) {
 			c.Spec.EtcdClusters = append(c.Spec.EtcdClusters, EtcdClusterSpec{Name: "cilium", Members: 1, Version: "3.5.21", PeerPort: 2382, ClientPort: 4003,
-				Volume: VolumeSpec{SizeGiB: 1}, Backups: BackupSpec{Interval: "1h", Retain: 1}})
+				Volume: VolumeSpec{SizeGiB: 1}, Backups: BackupSpec{Interval: "1h"}})
 		}, "spec.etcdClusters[2].managerPort", `etcd cluster "cilium" has no default ports`},
 		{"gossip needed for k8s.local", func(c *Cluster) { c.Spec.Gossip = nil }, "spec.gossip", "*.k8s.local"},
 		{"kubernetes version", func(c *Cluster) { c.Spec.KubernetesVersion = "" }, "spec.kubernetesVersion", "required"},
