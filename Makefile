@@ -41,10 +41,11 @@ tools:
 # Every test of the project, with the real servers built by `make tools`.
 # The booted-machine tests run after the rest, alone: a cluster of real
 # Kubernetes machines loads both cores, and the etcd-manager and gossip
-# tests beside it would be measuring the machine, not the code.
+# tests beside it would be measuring the machine, not the code. They take
+# the e2e lock, so a demo or another booted-machine run waits its turn.
 test: tools build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/e2e')
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
+	flock $(E2E_LOCK) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
 # The cluster test with three control-plane machines and a worker (CI runs
 # one plus one on its 2 cores).
