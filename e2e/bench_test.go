@@ -17,8 +17,9 @@ import (
 // (its systemd's start), when nodeup finished, containerd and the kubelet
 // became active, etcd formed and the API answered on the control plane,
 // and when the worker's nodeup finished and its Node became Ready; plus
-// the worker's Ready after the API answered (the worker is started once
-// the API answers, so this includes its whole boot). Unit times are read
+// the worker's Ready after the API answered. Both machines start together,
+// as a cloud launches them: the worker converges while the control plane
+// forms and joins once the API answers. Unit times are read
 // from the machines' systemd, etcd's from the store, the API's and the
 // Node's from a poll of the API from the host every 200 ms. The issue's
 // targets (API under 60 s, worker Ready under 20 s after the API) are
@@ -28,7 +29,7 @@ func BenchmarkBootToReady(b *testing.B) {
 		b.Fatalf("BenchmarkBootToReady boots one cluster per run (b.N=%d): run it with -benchtime=1x", b.N)
 	}
 	c := newClusterFixture(liveLog{b}, 2)
-	bc := c.bootCluster(clusterBoot{ControlPlanes: 1, Workers: 1, Baked: true})
+	bc := c.bootCluster(clusterBoot{ControlPlanes: 1, Workers: 1, Baked: true, Together: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	bt := c.bootTimes(ctx, bc)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,13 @@ type clusterBoot struct {
 	// nothing is downloaded at boot. Otherwise they download nodeup and
 	// every asset from the mirror, as from a plain OS image.
 	Baked bool
+	// Together boots the workers right after the control-plane machines,
+	// before the API answers, as a cloud launches every instance group at
+	// once: render has already written the CA and the bootstrap token a
+	// worker needs, so it converges while the control plane forms and its
+	// kubelet joins once the API answers. Otherwise the workers are
+	// booted once the API answers.
+	Together bool
 }
 
 // bootedCluster is what bootCluster booted, and when (host clock).
@@ -51,8 +59,8 @@ type bootedCluster struct {
 // bootWait bounds each of bootCluster's waits (the API, the nodes).
 const bootWait = 6 * time.Minute
 
-// bootCluster publishes the parts on the mirror, writes both groups' node
-// configurations into the store, boots the control-plane machines, waits
+// bootCluster renders the cluster into the store with nodeup render (over
+// a mirror of the parts make tools built), boots the control-plane machines, waits
 // until the API answers (on the first one, through kubectl on the machine
 // and from the host), then boots the workers and waits until every node is
 // Ready. The test, the boot benchmark and the demo share it.
@@ -63,35 +71,37 @@ func (c *clusterFixture) bootCluster(spec clusterBoot) *bootedCluster {
 		t.Fatalf("bootCluster: %d control-plane machines and %d workers do not fit the %d free hosts of the network",
 			spec.ControlPlanes, spec.Workers, len(c.nw.Hosts)-c.nextHost)
 	}
-	parts := c.publishParts()
-	hashes := map[string]string{
-		"control-plane": c.putNodeConfig(c.nodeConfig("control-plane", true, parts, spec.ControlPlanes)),
-		"nodes":         c.putNodeConfig(c.nodeConfig("nodes", false, parts, spec.ControlPlanes)),
-	}
+	rendered := c.renderCluster(spec.ControlPlanes)
 	if spec.Baked {
-		c.bake(hashes)
+		c.bake(rendered.Hashes)
 	}
 	servedBefore := c.mirror.requests.Load()
 
 	bc := &bootedCluster{}
 	for i := 0; i < spec.ControlPlanes; i++ {
-		bc.ControlPlanes = append(bc.ControlPlanes, c.boot(fmt.Sprintf("cp-%d", i), "control-plane", c.userdata("control-plane", hashes["control-plane"]), []string{"main", "events"}))
+		bc.ControlPlanes = append(bc.ControlPlanes, c.boot(fmt.Sprintf("cp-%d", i), "control-plane", rendered.Userdata["control-plane"], []string{"main", "events"}))
 	}
 	cp := bc.ControlPlanes[0]
 	watch := c.watchAPI(cp)
 	defer watch.stop()
+	bootWorkers := func() {
+		for i := 0; i < spec.Workers; i++ {
+			bc.Workers = append(bc.Workers, c.boot(fmt.Sprintf("node-%d", i), "nodes", rendered.Userdata["nodes"], nil))
+		}
+	}
+	if spec.Together {
+		bootWorkers()
+	}
 	c.waitAPI(cp, bootWait)
 	bc.APIReady = watch.waitAPI(time.Minute)
 	t.Logf("API answers %s after %s started", c.sinceStart(cp, bc.APIReady), cp.Name())
+	if !spec.Together {
+		bootWorkers()
+	}
 
 	names := []string{}
-	for _, m := range bc.ControlPlanes {
+	for _, m := range append(slices.Clone(bc.ControlPlanes), bc.Workers...) {
 		names = append(names, m.Name())
-	}
-	for i := 0; i < spec.Workers; i++ {
-		w := c.boot(fmt.Sprintf("node-%d", i), "nodes", c.userdata("nodes", hashes["nodes"]), nil)
-		bc.Workers = append(bc.Workers, w)
-		names = append(names, w.Name())
 	}
 	c.waitNodesReady(cp, names, bootWait)
 	bc.NodeReady = watch.waitNodes(names, time.Minute)

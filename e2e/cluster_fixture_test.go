@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -13,12 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/kopsnode/agents/e2e/machine"
 	"github.com/kopsnode/agents/nodeup/tasks"
-	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/testtools"
 	"github.com/kopsnode/agents/pkg/testtools/netns"
 	units "github.com/kopsnode/agents/systemd-units"
@@ -82,43 +77,12 @@ func newClusterFixture(t testing.TB, hosts int) *clusterFixture {
 	if c.nodeup, err = os.ReadFile(c.nodeupB); err != nil {
 		t.Fatal(err)
 	}
-	c.mirror.set("nodeup", c.nodeup)
 	return c
 }
 
 // storeURL is the state store as nodes name it.
 func (c *clusterFixture) storeURL() string {
 	return "s3://" + clusterBucket + "/" + clusterPrefixKey
-}
-
-// serve publishes a file on the release mirror under a name derived from
-// its hash (as a release mirror keeps every version) and returns its URL
-// and sha256.
-func (c *clusterFixture) serve(name string, data []byte) (url, sum string) {
-	sum = sha256Hex(data)
-	p := name + "-" + sum[:12]
-	c.mirror.set(p, data)
-	return c.mirror.URL + "/" + p, sum
-}
-
-// userdata renders the node's userdata with nodeup itself, as the tool
-// that launches machines would: a script that downloads nodeup from the
-// mirror and converges the node from the store.
-func (c *clusterFixture) userdata(group, configHash string) []byte {
-	c.t.Helper()
-	args := []string{"bootstrap-script",
-		"--store", c.storeURL(), "--store-endpoint", c.minio.Endpoint, "--store-region", c.minio.Region, "--store-path-style",
-		"--cluster", clusterName, "--group", group,
-		"--config-hash", configHash, "--nodeup-sha256", sha256Hex(c.nodeup), "--nodeup-url", c.mirror.URL + "/nodeup"}
-	out, err := exec.Command(c.nodeupB, args...).Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		c.t.Fatalf("nodeup bootstrap-script: %v: %s", err, stderr)
-	}
-	return out
 }
 
 // cgroupsRWUnit remounts the machine's cgroup controllers read-write at
@@ -340,125 +304,3 @@ func (c *clusterFixture) kubectl(cm *clusterMachine, timeout time.Duration, args
 
 // e2eEtcdVersion is the etcd the test cluster runs.
 const e2eEtcdVersion = "3.6.16"
-
-// publishParts puts every asset a node needs on the release mirror: the
-// Kubernetes, containerd, runc, CNI and etcd parts built by `make tools`,
-// the image tarballs, and this tree's protokube and etcd-manager. It
-// returns them as node configuration entries.
-func (c *clusterFixture) publishParts() []config.Asset {
-	t := c.t
-	t.Helper()
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatalf("reading part: %v", err)
-		}
-		return b
-	}
-	var assets []config.Asset
-	add := func(name string, data []byte, extract bool) {
-		url, sum := c.serve(name, data)
-		assets = append(assets, config.Asset{Name: name, SHA256: sum, URLs: []string{url}, Extract: extract})
-	}
-	for _, b := range []string{"kubelet", "kubectl", "kube-proxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
-		add(b, read(testtools.KubernetesBin(t, b)), false)
-	}
-	add("containerd", testtools.TarGz(t, map[string][]byte{
-		"bin/containerd":              read(testtools.ContainerdBin(t, "containerd")),
-		"bin/containerd-shim-runc-v2": read(testtools.ContainerdBin(t, "containerd-shim-runc-v2")),
-		"bin/ctr":                     read(testtools.ContainerdBin(t, "ctr")),
-	}), true)
-	add("runc", read(testtools.RuncBin(t)), false)
-	cniDir := testtools.CNIPluginDir(t)
-	cniFiles := map[string][]byte{}
-	for _, p := range []string{"bridge", "host-local", "loopback", "portmap", "ptp"} {
-		cniFiles["./"+p] = read(filepath.Join(cniDir, p))
-	}
-	add("cni-plugins", testtools.TarGz(t, cniFiles), true)
-	add("etcd-"+e2eEtcdVersion, read(filepath.Join(testtools.EtcdBinDir(t, e2eEtcdVersion), "etcd")), false)
-	for _, im := range []string{"pause", "coredns", "testapp"} {
-		add("image-"+im, read(testtools.ImageTar(t, im)), false)
-	}
-	add("protokube", read(buildBinary(t, "protokube/cmd/protokube")), false)
-	add("etcd-manager", read(buildBinary(t, "etcd-manager/cmd/etcd-manager")), false)
-	return assets
-}
-
-// putNodeConfig writes a group's node configuration into the store, as the
-// operator's tooling would, and returns the hash the userdata pins.
-func (c *clusterFixture) putNodeConfig(nc *config.NodeConfig) string {
-	c.t.Helper()
-	data, err := config.Marshal(nc)
-	if err != nil {
-		c.t.Fatalf("marshalling node configuration %s: %v", nc.Metadata.Name, err)
-	}
-	// What nodeup will read must pass nodeup's own validation.
-	if _, err := config.ParseNodeConfig(data, nc.Metadata.Name+".yaml"); err != nil {
-		c.t.Fatalf("node configuration %s is invalid:\n%v\n%s", nc.Metadata.Name, err, data)
-	}
-	key := clusterPrefixKey + "/" + clusterName + "/nodeup/" + nc.Metadata.Name + ".yaml"
-	if _, err := c.minio.Client().PutObject(context.Background(), &s3.PutObjectInput{
-		Bucket: aws.String(clusterBucket), Key: aws.String(key), Body: bytes.NewReader(data),
-	}); err != nil {
-		c.t.Fatalf("writing %s to the store: %v", key, err)
-	}
-	return config.FileHash(data)
-}
-
-// workerAssets are the assets a worker needs; the rest are the control
-// plane's (a worker downloads nothing it does not run).
-var workerAssets = map[string]bool{
-	"kubelet": true, "kube-proxy": true, "containerd": true, "runc": true, "cni-plugins": true, "protokube": true,
-	"image-pause": true, "image-coredns": true, "image-testapp": true,
-}
-
-// nodeConfig is a group's node configuration, written by hand as an
-// operator may (every field typed, every asset pinned by sha256).
-func (c *clusterFixture) nodeConfig(group string, controlPlane bool, assets []config.Asset, controlPlanes int) *config.NodeConfig {
-	no := false
-	spec := config.NodeConfigSpec{
-		ClusterName:       clusterName,
-		Role:              config.RoleNode,
-		KubernetesVersion: testtools.KubernetesVersion,
-		ContainerRuntime: config.ContainerRuntimeSpec{
-			Name:         "containerd",
-			Version:      testtools.ContainerdVersion,
-			SandboxImage: testtools.PauseImage,
-			// Machines in systemd-nspawn lack CAP_SYS_RESOURCE.
-			RestrictOOMScoreAdj: true,
-		},
-		Kubelet: config.KubeletSpec{
-			APIServer:     "https://" + config.DefaultAPIServerName(clusterName),
-			ClusterDomain: "cluster.local",
-			// The test machines share the host's cgroup v1 hierarchy.
-			FailCgroupV1: &no,
-		},
-		Networking: config.NetworkingSpec{
-			Mode:        config.NetworkingKubenet,
-			PodCIDR:     "100.96.0.0/11",
-			ServiceCIDR: "100.64.0.0/13",
-		},
-		Gossip: &config.GossipSpec{Seeds: "store"},
-	}
-	if controlPlane {
-		spec.Role = config.RoleControlPlane
-		spec.Kubelet.APIServer = "https://127.0.0.1"
-		spec.Kubelet.Taints = []string{"node-role.kubernetes.io/control-plane:NoSchedule"}
-		for _, name := range []string{"main", "events"} {
-			spec.EtcdClusters = append(spec.EtcdClusters, config.EtcdClusterSpec{
-				Name: name, Members: controlPlanes, Version: e2eEtcdVersion,
-				Volume: config.VolumeSpec{Device: etcdDevice(name)},
-			})
-		}
-	}
-	for _, a := range assets {
-		if controlPlane || workerAssets[a.Name] {
-			spec.Assets = append(spec.Assets, a)
-		}
-	}
-	return &config.NodeConfig{
-		TypeMeta: config.TypeMeta{APIVersion: config.APIVersion, Kind: config.KindNodeConfig},
-		Metadata: config.ObjectMeta{Name: group},
-		Spec:     spec,
-	}
-}

@@ -39,7 +39,9 @@ func controlPlanes(t *testing.T) int {
 func TestClusterOnBootedMachines(t *testing.T) {
 	cps := controlPlanes(t)
 	c := newClusterFixture(t, cps+1)
-	bc := c.bootCluster(clusterBoot{ControlPlanes: cps, Workers: 1})
+	// The worker boots with the control plane, before any API answers, as
+	// on a cloud: it must converge and join on its own.
+	bc := c.bootCluster(clusterBoot{ControlPlanes: cps, Workers: 1, Together: true})
 	cp, worker := bc.ControlPlanes[0], bc.Workers[0]
 	c.checkNodeupStatus(worker, cp)
 
