@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/kopsnode/agents/pkg/testtools/parts"
-	"github.com/kopsnode/agents/protokube/manifests"
 )
 
 // The table's newest release is what tools/ builds, so the test mirror can
@@ -28,7 +27,6 @@ func TestTableMatchesTestParts(t *testing.T) {
 		{"cni-plugins", r.CNIPlugins, parts.CNIPluginsVersion},
 		{"pause", r.Pause.Ref, parts.PauseImage},
 		{"coredns", r.CoreDNS.Ref, parts.CoreDNSImage},
-		{"coredns in protokube's manifests", r.CoreDNS.Ref, manifests.CoreDNSImage},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: table has %q, want %q", c.name, c.got, c.want)

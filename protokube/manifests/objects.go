@@ -26,12 +26,19 @@ import (
 
 	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/releases"
 )
 
-// CoreDNSImage is the CoreDNS image the Deployment runs. nodeup imports it
-// from an image tarball asset into containerd (pinned), so it is never
-// pulled from a registry.
-const CoreDNSImage = "registry.k8s.io/coredns/coredns:v1.15.0"
+// CoreDNSImage is the CoreDNS image the Deployment runs: the version
+// table's (pkg/releases, its one home), which nodeup imports from an image
+// tarball asset into containerd (pinned), so it is never pulled from a
+// registry.
+var CoreDNSImage = newestCoreDNS()
+
+func newestCoreDNS() string {
+	t := releases.Table()
+	return t[len(t)-1].CoreDNS.Ref
+}
 
 // Labels and annotations set on every object this package applies.
 const (
