@@ -1,10 +1,11 @@
 package config
 
+import "github.com/kopsnode/agents/pkg/releases"
+
 // Default values. They are applied by SetDefaults and nowhere else; the
 // configuration reference (docs/configuration.md) lists them.
 const (
 	DefaultContainerRuntime  = "containerd"
-	DefaultSandboxImage      = "registry.k8s.io/pause:3.10.1"
 	DefaultNetworkingMode    = NetworkingKubenet
 	DefaultPodCIDR           = "100.96.0.0/11"
 	DefaultServiceCIDR       = "100.64.0.0/13"
@@ -148,6 +149,10 @@ func defaultNetworking(n *NetworkingSpec) {
 		n.NonMasqueradeCIDR = DefaultNonMasqueradeCIDR
 	}
 }
+
+// DefaultSandboxImage is the pause image of the newest release in the
+// version table (pkg/releases, its one home): the one nodes import.
+var DefaultSandboxImage = releases.Newest().Pause.Ref
 
 func defaultContainerRuntime(r *ContainerRuntimeSpec) {
 	if r.Name == "" {

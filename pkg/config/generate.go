@@ -1,10 +1,12 @@
 package config
 
-// Versions NewCluster starts from.
-const (
-	DefaultKubernetesVersion = "1.32.4"
-	DefaultEtcdVersion       = "3.6.16"
-)
+import "github.com/kopsnode/agents/pkg/releases"
+
+// Versions NewCluster starts from: the newest release of the version table
+// (which nodeup render can render) and its etcd.
+var DefaultKubernetesVersion = releases.Newest().Kubernetes
+
+const DefaultEtcdVersion = "3.6.16"
 
 // NewCluster returns a valid cluster spec named name, with defaults applied:
 // main and events etcd clusters of three members, kubenet networking, and

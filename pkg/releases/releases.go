@@ -73,6 +73,12 @@ func Table() []Release {
 	}}
 }
 
+// Newest returns the newest release of the table (its last row).
+func Newest() Release {
+	t := Table()
+	return t[len(t)-1]
+}
+
 // Supported returns the Kubernetes versions of a table.
 func Supported(table []Release) []string {
 	var vs []string

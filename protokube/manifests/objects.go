@@ -33,12 +33,7 @@ import (
 // table's (pkg/releases, its one home), which nodeup imports from an image
 // tarball asset into containerd (pinned), so it is never pulled from a
 // registry.
-var CoreDNSImage = newestCoreDNS()
-
-func newestCoreDNS() string {
-	t := releases.Table()
-	return t[len(t)-1].CoreDNS.Ref
-}
+var CoreDNSImage = releases.Newest().CoreDNS.Ref
 
 // Labels and annotations set on every object this package applies.
 const (
