@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
 )
@@ -54,20 +56,86 @@ func (d *DBus) c(ctx context.Context) (*sdbus.Conn, error) {
 	// off every other task (and the job signals they wait on). ctx bounds
 	// only the calls made on the connection; Close ends it.
 	connCtx := context.WithoutCancel(ctx)
-	var conn *sdbus.Conn
-	var err error
-	if os.Geteuid() == 0 {
-		conn, err = sdbus.NewSystemdConnectionContext(connCtx)
+	type result struct {
+		conn *sdbus.Conn
+		err  error
 	}
-	if conn == nil {
-		var err2 error
-		conn, err2 = sdbus.NewSystemConnectionContext(connCtx)
-		if err2 != nil {
-			return nil, fmt.Errorf("connecting to systemd over D-Bus: %w", errors.Join(err, err2))
+	done := make(chan result, 1)
+	// The handshake takes no context: a hung bus must not hang the caller
+	// (nodeup status bounds every check), so the wait is bounded by ctx and
+	// a late connection is closed.
+	go func() {
+		var conn *sdbus.Conn
+		var err error
+		if os.Geteuid() == 0 {
+			conn, err = sdbus.NewSystemdConnectionContext(connCtx)
 		}
+		if conn == nil {
+			var err2 error
+			if conn, err2 = sdbus.NewSystemConnectionContext(connCtx); err2 != nil {
+				err = fmt.Errorf("connecting to systemd over D-Bus: %w", errors.Join(err, err2))
+			} else {
+				err = nil
+			}
+		}
+		done <- result{conn, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, r.err
+		}
+		d.conn = r.conn
+		return r.conn, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.conn != nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connecting to systemd over D-Bus: %w", ctx.Err())
 	}
-	d.conn = conn
-	return conn, nil
+}
+
+// UnitState is what systemd says about a unit.
+type UnitState struct {
+	LoadState   string
+	ActiveState string
+	SubState    string
+	// Result is the service's last result (services only).
+	Result string
+	// Since is when the unit's state last changed (StateChangeTimestamp).
+	Since time.Time
+}
+
+// UnitState reads a unit's load, active and sub state, when it last
+// changed, and a service's last result.
+func (d *DBus) UnitState(ctx context.Context, unit string) (UnitState, error) {
+	c, err := d.c(ctx)
+	if err != nil {
+		return UnitState{}, err
+	}
+	p, err := c.GetUnitPropertiesContext(ctx, unit)
+	if err != nil {
+		return UnitState{}, fmt.Errorf("reading the state of %s over D-Bus: %w", unit, err)
+	}
+	str := func(v any) string { s, _ := v.(string); return s }
+	st := UnitState{
+		LoadState:   str(p["LoadState"]),
+		ActiveState: str(p["ActiveState"]),
+		SubState:    str(p["SubState"]),
+	}
+	if us, ok := p["StateChangeTimestamp"].(uint64); ok && us > 0 {
+		st.Since = time.UnixMicro(int64(us))
+	}
+	if strings.HasSuffix(unit, ".service") && st.LoadState == "loaded" {
+		r, err := c.GetUnitTypePropertyContext(ctx, unit, "Service", "Result")
+		if err != nil {
+			return st, fmt.Errorf("reading the result of %s over D-Bus: %w", unit, err)
+		}
+		st.Result = str(r.Value.Value())
+	}
+	return st, nil
 }
 
 func (d *DBus) ActiveState(ctx context.Context, unit string) (string, error) {

@@ -183,7 +183,7 @@ func NodeChecks(ctx context.Context, f *fsroot.FS, st *Status, timeout time.Dura
 	case !units.Booted():
 		in.Units = unitsUnavailable{"not read: systemd is not running on this machine (no /run/systemd/system)"}
 	default:
-		d := nodecheck.NewDBusUnits()
+		d := units.NewDBus()
 		defer d.Close()
 		in.Units = d
 	}

@@ -3,20 +3,14 @@ package nodecheck
 import (
 	"context"
 	"time"
+
+	units "github.com/kopsnode/agents/systemd-units"
 )
 
-// UnitState is what systemd says about a unit.
-type UnitState struct {
-	LoadState   string
-	ActiveState string
-	SubState    string
-	// Result is the service's last result (services only).
-	Result string
-	// Since is when the unit's state last changed (StateChangeTimestamp).
-	Since time.Time
-}
+// UnitState is what systemd says about a unit; units.DBus reads it.
+type UnitState = units.UnitState
 
-// UnitReader reads a unit's state (DBusUnits over systemd's D-Bus API).
+// UnitReader reads a unit's state (units.DBus over systemd's D-Bus API).
 type UnitReader interface {
 	UnitState(ctx context.Context, unit string) (UnitState, error)
 }
