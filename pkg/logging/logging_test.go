@@ -66,3 +66,21 @@ func TestAddFlags(t *testing.T) {
 		t.Fatalf("after parsing = %+v", o)
 	}
 }
+
+// Args is the inverse of AddFlags, from the default options.
+func TestOptionsArgsRoundTrip(t *testing.T) {
+	for _, want := range []Options{DefaultOptions(), {Format: "json", Level: "debug"}, {Format: "text", Level: "error"}} {
+		got := DefaultOptions()
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		got.AddFlags(fs)
+		if err := fs.Parse(want.Args()); err != nil {
+			t.Fatalf("%q: %v", want.Args(), err)
+		}
+		if got != want {
+			t.Errorf("%q parsed to %+v, want %+v", want.Args(), got, want)
+		}
+	}
+	if a := DefaultOptions().Args(); a != nil {
+		t.Errorf("defaults render %q", a)
+	}
+}
