@@ -81,7 +81,7 @@ func TestDecodeStrictErrors(t *testing.T) {
 		{"several errors in file order", header + "spec:\n  role: [x]\n  kubelet:\n    maxPods: x\n  bogus: 1\n",
 			"t.yaml:4:9: spec.role: expected a string, got a list\n" +
 				"t.yaml:6:14: spec.kubelet.maxPods: expected an integer, got the string \"x\"\n" +
-				"t.yaml:7:3: spec.bogus: unknown field (known fields: clusterName, role, kubernetesVersion, assets, containerRuntime, kubelet, kubeProxy, networking, sysctls, kernelModules, packages, etcdClusters, gossip, controlPlane)"},
+				"t.yaml:7:3: spec.bogus: unknown field (known fields: clusterName, role, kubernetesVersion, assets, containerRuntime, kubelet, kubeProxy, networking, sysctls, kernelModules, packages, etcdClusters, gossip, controlPlane, volume)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -79,6 +79,17 @@ func (c *Cluster) SetDefaults() {
 	}
 	defaultGossip(s.Gossip)
 	defaultInstanceGroups(s)
+	if s.Volume != nil {
+		defaultVolumeProvider(s.Volume)
+	}
+}
+
+// defaultVolumeProvider makes metal, the disks that exist on the machine,
+// the provider when none is named.
+func defaultVolumeProvider(v *VolumeProviderSpec) {
+	if v.Provider == "" {
+		v.Provider = VolumeProviderMetal
+	}
 }
 
 // defaultInstanceGroups gives a cluster without instance groups one
@@ -133,6 +144,12 @@ func (n *NodeConfig) SetDefaults() {
 	}
 	defaultGossip(s.Gossip)
 	defaultControlPlane(s)
+	if s.Volume == nil && s.Role == RoleControlPlane {
+		s.Volume = &VolumeProviderSpec{}
+	}
+	if s.Volume != nil {
+		defaultVolumeProvider(s.Volume)
+	}
 }
 
 func defaultNetworking(n *NetworkingSpec) {

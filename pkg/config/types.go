@@ -54,6 +54,9 @@ type ClusterSpec struct {
 	// InstanceGroups are the groups of machines `nodeup render` writes a
 	// node configuration for (default: "control-plane" and "nodes").
 	InstanceGroups []InstanceGroupSpec `yaml:"instanceGroups,omitempty" json:"instanceGroups,omitempty"`
+	// Volume chooses where the etcd members' volumes come from; `nodeup
+	// render` copies it into every control-plane node configuration.
+	Volume *VolumeProviderSpec `yaml:"volume,omitempty" json:"volume,omitempty"`
 }
 
 // ClusterAssetsSpec locates the release mirror that `nodeup render` pins
@@ -143,6 +146,46 @@ type NodeConfigSpec struct {
 	// ControlPlane configures kube-apiserver, kube-controller-manager and
 	// kube-scheduler; control-plane nodes only (defaulted there).
 	ControlPlane *ControlPlaneSpec `yaml:"controlPlane,omitempty" json:"controlPlane,omitempty"`
+	// Volume chooses the provider of the etcd members' volumes and its
+	// settings; control-plane nodes only (defaulted there to metal).
+	Volume *VolumeProviderSpec `yaml:"volume,omitempty" json:"volume,omitempty"`
+}
+
+// Volume providers.
+const (
+	VolumeProviderMetal = "metal"
+	VolumeProviderAWS   = "aws"
+)
+
+// VolumeProviderSpec chooses the provider of the etcd members' volumes
+// (package volumes; one folder per provider) and holds its settings. The
+// per etcd cluster choices (size, device, ...) are in VolumeSpec.
+type VolumeProviderSpec struct {
+	// Provider is "metal" (default: disks that exist on the machine) or
+	// "aws" (EBS volumes).
+	Provider string           `yaml:"provider,omitempty" json:"provider,omitempty"`
+	Metal    *MetalVolumeSpec `yaml:"metal,omitempty" json:"metal,omitempty"`
+	AWS      *AWSVolumeSpec   `yaml:"aws,omitempty" json:"aws,omitempty"`
+}
+
+// MetalVolumeSpec configures the metal provider.
+type MetalVolumeSpec struct {
+	// Scan lists absolute glob patterns of the devices searched for volumes
+	// already formatted for the etcd cluster (found by their identity
+	// file). Empty: every block device with a non-zero size.
+	Scan []string `yaml:"scan,omitempty" json:"scan,omitempty"`
+}
+
+// AWSVolumeSpec configures the aws provider.
+type AWSVolumeSpec struct {
+	// Region is the EC2 region (default: the instance's, from the
+	// instance metadata service).
+	Region string `yaml:"region,omitempty" json:"region,omitempty"`
+	// EC2Endpoint is the URL of the EC2 API (default: AWS's for the region).
+	EC2Endpoint string `yaml:"ec2Endpoint,omitempty" json:"ec2Endpoint,omitempty"`
+	// IMDSEndpoint is the URL of the instance metadata service (default:
+	// AWS's, http://169.254.169.254).
+	IMDSEndpoint string `yaml:"imdsEndpoint,omitempty" json:"imdsEndpoint,omitempty"`
 }
 
 // Asset is a file nodeup downloads, pinned by sha256, from one or more mirrors.
@@ -242,17 +285,26 @@ type EtcdClusterSpec struct {
 	Backups     BackupSpec `yaml:"backups" json:"backups"`
 }
 
-// VolumeSpec sizes an etcd member's volume.
+// VolumeSpec describes the volume of each member of an etcd cluster: its
+// size for providers that create volumes (aws), and for the metal provider
+// the disk a new member's volume is made on, chosen by at most one of
+// Device, PartitionLabel and Serials.
 type VolumeSpec struct {
 	SizeGiB int    `yaml:"sizeGiB,omitempty" json:"sizeGiB,omitempty"`
 	Type    string `yaml:"type,omitempty" json:"type,omitempty"`
 	// IOPS is for volume types that take it.
 	IOPS int `yaml:"iops,omitempty" json:"iops,omitempty"`
-	// Device is the block device that holds this etcd cluster's member
-	// volume on bare-metal nodes (for example /dev/disk/by-id/...). It is
-	// formatted only when blank. Empty: only volumes already formatted for
-	// this member are found (by label).
+	// Device is the block device (metal) that holds, or will hold, this
+	// etcd cluster's member volume, at the same path on every machine of
+	// the group (for example /dev/vdb or /dev/disk/by-path/...). It is
+	// formatted only when blank.
 	Device string `yaml:"device,omitempty" json:"device,omitempty"`
+	// PartitionLabel chooses the disk (metal) by its GPT partition name
+	// (/dev/disk/by-partlabel/<name>).
+	PartitionLabel string `yaml:"partitionLabel,omitempty" json:"partitionLabel,omitempty"`
+	// Serials chooses the disk (metal) by its serial number: the machine's
+	// disk whose serial is one of these.
+	Serials []string `yaml:"serials,omitempty" json:"serials,omitempty"`
 }
 
 // BackupSpec configures scheduled backups to the state store.

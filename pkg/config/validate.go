@@ -93,6 +93,7 @@ func (c *Cluster) Validate() error {
 		v.add("spec.etcdClusters", `an etcd cluster named "main" is required (it holds the Kubernetes objects)`)
 	}
 	ports := v.etcdClusters("spec.etcdClusters", s.EtcdClusters)
+	v.volumeProvider("spec.volume", s.Volume, "spec.etcdClusters", s.EtcdClusters)
 	if s.Gossip == nil && strings.HasSuffix(c.Metadata.Name, ".k8s.local") {
 		v.add("spec.gossip", "required: a cluster named *.k8s.local has no DNS zone of its own and finds its nodes through gossip (write `gossip: {}` for the defaults)")
 	} else {
@@ -139,6 +140,10 @@ func (n *NodeConfig) Validate() error {
 		v.add("spec.etcdClusters", "only control-plane nodes run etcd; remove it from a node configuration")
 	}
 	ports := v.etcdClusters("spec.etcdClusters", s.EtcdClusters)
+	if s.Volume != nil && s.Role == RoleNode {
+		v.add("spec.volume", "only control-plane nodes have etcd volumes; remove it from a node configuration")
+	}
+	v.volumeProvider("spec.volume", s.Volume, "spec.etcdClusters", s.EtcdClusters)
 	v.gossip("spec.gossip", s.Gossip, ports)
 	v.controlPlane("spec.controlPlane", s)
 	return v.errs.err()
@@ -276,6 +281,7 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		if d := e.Volume.Device; d != "" && (!strings.HasPrefix(d, "/dev/") || pathpkg.Clean(d) != d || strings.ContainsAny(d, " \t\n,=")) {
 			v.add(p+".volume.device", fmt.Sprintf("%q is not a clean device path under /dev/", d))
 		}
+		v.metalDiskChoice(p+".volume", e.Volume)
 		v.duration(p+".backups.interval", e.Backups.Interval, time.Minute)
 		if e.Backups.Store != "" {
 			v.storeURL(p+".backups.store", e.Backups.Store)
@@ -308,6 +314,89 @@ func (v *validator) storeURL(path, s string) {
 		}
 	} else if u.Host == "" {
 		v.add(path, fmt.Sprintf("%q: the URL names no bucket", s))
+	}
+}
+
+var partitionLabelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$`)
+
+// metalDiskChoice checks the metal provider's disk choice of one etcd
+// cluster: at most one of device, partitionLabel and serials.
+func (v *validator) metalDiskChoice(path string, vol VolumeSpec) {
+	n := 0
+	for _, set := range []bool{vol.Device != "", vol.PartitionLabel != "", len(vol.Serials) > 0} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		v.add(path, "set at most one of device, partitionLabel and serials: each chooses the disk on its own")
+	}
+	if l := vol.PartitionLabel; l != "" && !partitionLabelRE.MatchString(l) {
+		v.add(path+".partitionLabel", fmt.Sprintf("%q is not a GPT partition name this provider accepts (letters, digits, '.', '_', '-', at most 36)", l))
+	}
+	seen := map[string]int{}
+	for i, sn := range vol.Serials {
+		p := fmt.Sprintf("%s.serials[%d]", path, i)
+		switch {
+		case strings.TrimSpace(sn) == "" || strings.TrimSpace(sn) != sn || len(sn) > 128 || strings.ContainsAny(sn, "/\t\n"):
+			v.add(p, fmt.Sprintf("%q is not a disk serial number (no slashes, no leading or trailing spaces, at most 128 characters)", sn))
+		default:
+			if j, dup := seen[sn]; dup {
+				v.add(p, fmt.Sprintf("%q is already %s.serials[%d]", sn, path, j))
+			}
+			seen[sn] = i
+		}
+	}
+}
+
+// volumeProvider checks the volume provider and that the etcd clusters'
+// volume settings suit it. Slot names are "<etcd cluster>-<n>" (package
+// volumes), which must stay a DNS label.
+func (v *validator) volumeProvider(path string, vp *VolumeProviderSpec, etcdPath string, etcd []EtcdClusterSpec) {
+	for i, e := range etcd {
+		if len(e.Name) > 61 {
+			v.add(fmt.Sprintf("%s[%d].name", etcdPath, i), fmt.Sprintf("%q is longer than 61 characters: member slot names (%s-1, ...) must be DNS labels", e.Name, e.Name))
+		}
+	}
+	if vp == nil {
+		return
+	}
+	switch vp.Provider {
+	case VolumeProviderMetal:
+		if vp.AWS != nil {
+			v.add(path+".aws", fmt.Sprintf("only used when provider is %q", VolumeProviderAWS))
+		}
+		if m := vp.Metal; m != nil {
+			for i, pat := range m.Scan {
+				if _, err := pathpkg.Match(pat, ""); err != nil || !strings.HasPrefix(pat, "/") {
+					v.add(fmt.Sprintf("%s.metal.scan[%d]", path, i), fmt.Sprintf("%q is not an absolute glob pattern", pat))
+				}
+			}
+		}
+	case VolumeProviderAWS:
+		if vp.Metal != nil {
+			v.add(path+".metal", fmt.Sprintf("only used when provider is %q", VolumeProviderMetal))
+		}
+		if a := vp.AWS; a != nil {
+			if a.Region != "" && !dnsLabelRE.MatchString(a.Region) {
+				v.add(path+".aws.region", fmt.Sprintf("%q is not a region name (for example eu-west-1)", a.Region))
+			}
+			for _, f := range []struct{ name, v string }{{"ec2Endpoint", a.EC2Endpoint}, {"imdsEndpoint", a.IMDSEndpoint}} {
+				if f.v == "" {
+					continue
+				}
+				if u, err := url.Parse(f.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					v.add(path+".aws."+f.name, fmt.Sprintf("%q is not an http:// or https:// URL", f.v))
+				}
+			}
+		}
+		for i, e := range etcd {
+			if e.Volume.Device != "" || e.Volume.PartitionLabel != "" || len(e.Volume.Serials) > 0 {
+				v.add(fmt.Sprintf("%s[%d].volume", etcdPath, i), fmt.Sprintf("device, partitionLabel and serials choose disks of the %q provider; the %q provider creates and finds its volumes by tags", VolumeProviderMetal, VolumeProviderAWS))
+			}
+		}
+	default:
+		v.add(path+".provider", fmt.Sprintf("%q is not a volume provider; must be %q or %q", vp.Provider, VolumeProviderMetal, VolumeProviderAWS))
 	}
 }
 
