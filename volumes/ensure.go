@@ -41,11 +41,12 @@ type Result struct {
 	AlreadyMounted bool
 }
 
-// Ensure mounts the member's volume at target: it finds the volume, attaches
-// it, waits for the device, formats it only if blank, refuses a volume whose
-// identity file names another member or cluster (never mounting it), checks
-// the filesystem and mounts it. Running it again is a no-op.
-func Ensure(ctx context.Context, p Provider, sel Selector, target string, opts Options) (*Result, error) {
+// Ensure mounts the slot's volume vol (chosen by package slots) at target:
+// it attaches it, waits for the device, formats it only if blank (writing
+// the slot's identity file), refuses a volume whose identity file names
+// another slot or cluster (never mounting it), checks the filesystem and
+// mounts it. Running it again is a no-op.
+func Ensure(ctx context.Context, p Provider, sel Selector, vol Volume, target string, opts Options) (*Result, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -60,25 +61,10 @@ func Ensure(ctx context.Context, p Provider, sel Selector, target string, opts O
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("volume target %q is not an absolute path", target)
 	}
-	log = log.With("member", sel.String(), "target", target)
-
-	vols, err := p.Find(ctx, sel)
-	if err != nil {
-		return nil, fmt.Errorf("finding the volume of %s: %w", sel, err)
+	if vol.Slot != "" && vol.Slot != sel.Slot {
+		return nil, fmt.Errorf("volume %s carries slot %s, not %s: %w", vol.ID, vol.Slot, sel.Slot, ErrWrongIdentity)
 	}
-	switch len(vols) {
-	case 0:
-		return nil, fmt.Errorf("finding the volume of %s: %w", sel, ErrNotFound)
-	case 1:
-	default:
-		ids := make([]string, len(vols))
-		for i, v := range vols {
-			ids[i] = v.ID
-		}
-		return nil, fmt.Errorf("finding the volume of %s: %s all claim it; refusing to choose: %w", sel, strings.Join(ids, ", "), ErrAmbiguous)
-	}
-	vol := vols[0]
-	log.Info("found volume", "volume", vol.ID)
+	log = log.With("member", sel.String(), "target", target, "volume", vol.ID)
 
 	path, err := p.Attach(ctx, vol)
 	if err != nil {
