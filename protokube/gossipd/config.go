@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/gossip/membership"
+	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/protokube/podnet"
@@ -85,6 +86,7 @@ func DefaultConfig() Config {
 		LeaveGrace:  30 * time.Second,
 		KeyringWait: 10 * time.Second,
 		PodNet:      podnet.DefaultConfig(),
+		Log:         logging.DefaultOptions(),
 	}
 }
 
@@ -112,6 +114,39 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Fast, "test-timings", c.Fast, "short gossip timings for tests of several nodes on one machine")
 	c.PodNet.AddFlags(fs)
 	c.Log.AddFlags(fs)
+}
+
+// Args renders the configuration as flags, the exact inverse of AddFlags
+// from DefaultConfig: nodeup builds a Config from the node configuration
+// and writes Args into protokube.service. Defaults are left out; the node
+// name's default is the host name of the machine nodeup runs on, which is
+// the machine the unit runs on.
+func (c Config) Args() []string {
+	d := DefaultConfig()
+	var b flagargs.Builder
+	b.Always("cluster", c.Cluster)
+	b.Raw(c.Store.Args()...)
+	b.Bool("create-keyring", c.CreateKeyring, d.CreateKeyring)
+	b.Duration("keyring-wait", c.KeyringWait, d.KeyringWait)
+	b.String("node-name", c.NodeName, d.NodeName)
+	b.String("bind", c.Bind, d.Bind)
+	b.String("advertise", c.Advertise, d.Advertise)
+	b.String("seeds", c.Seeds, d.Seeds)
+	b.List("static-seed", c.StaticSeeds)
+	b.List("aws-tag", c.AWSTags)
+	b.String("aws-region", c.AWSRegion, d.AWSRegion)
+	b.Duration("seed-ttl", c.SeedTTL, d.SeedTTL)
+	b.String("dns-listen", c.DNSListen, d.DNSListen)
+	b.String("dns-zone", c.DNSZone, d.DNSZone)
+	b.Bool("dns-forward", c.DNSForward, d.DNSForward)
+	b.String("hosts-file", c.HostsFile, d.HostsFile)
+	b.List("publish", c.Publish)
+	b.String("status-listen", c.StatusAddr, d.StatusAddr)
+	b.Duration("leave-grace", c.LeaveGrace, d.LeaveGrace)
+	b.Bool("test-timings", c.Fast, d.Fast)
+	b.Raw(c.PodNet.Args()...)
+	b.Raw(c.Log.Args()...)
+	return b.Args()
 }
 
 // Zone returns the DNS zone, defaulted from the cluster name.

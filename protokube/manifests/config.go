@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/pkg/bootstraptoken"
+	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 )
@@ -55,6 +56,7 @@ func DefaultConfig() Config {
 		StatusListen: DefaultStatusAddr,
 
 		BootstrapTokenTTL: bootstraptoken.DefaultTTL,
+		Log:               logging.DefaultOptions(),
 	}
 }
 
@@ -77,33 +79,20 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Log.AddFlags(fs)
 }
 
-// Args returns the flags that reproduce c (the inverse of AddFlags, without
-// the logging flags at their defaults): how nodeup renders the unit.
+// Args returns the flags that reproduce c, the exact inverse of AddFlags
+// from DefaultConfig (defaults left out): how nodeup renders the unit.
 func (c Config) Args() []string {
 	d := DefaultConfig()
-	args := append([]string{"--config=" + c.ConfigFile}, c.Store.Args()...)
-	if c.Kubeconfig != d.Kubeconfig {
-		args = append(args, "--kubeconfig="+c.Kubeconfig)
-	}
-	if c.Interval != d.Interval {
-		args = append(args, "--interval="+c.Interval.String())
-	}
-	if c.WaitInterval != d.WaitInterval {
-		args = append(args, "--wait-interval="+c.WaitInterval.String())
-	}
-	if c.StatusListen != d.StatusListen {
-		args = append(args, "--status-listen="+c.StatusListen)
-	}
-	if c.BootstrapTokenTTL != d.BootstrapTokenTTL {
-		args = append(args, "--bootstrap-token-ttl="+c.BootstrapTokenTTL.String())
-	}
-	if c.Log.Format != "" && c.Log.Format != "text" {
-		args = append(args, "--log-format="+c.Log.Format)
-	}
-	if c.Log.Level != "" && c.Log.Level != "info" {
-		args = append(args, "--log-level="+c.Log.Level)
-	}
-	return args
+	var b flagargs.Builder
+	b.Always("config", c.ConfigFile)
+	b.Raw(c.Store.Args()...)
+	b.String("kubeconfig", c.Kubeconfig, d.Kubeconfig)
+	b.Duration("interval", c.Interval, d.Interval)
+	b.Duration("wait-interval", c.WaitInterval, d.WaitInterval)
+	b.String("status-listen", c.StatusListen, d.StatusListen)
+	b.Duration("bootstrap-token-ttl", c.BootstrapTokenTTL, d.BootstrapTokenTTL)
+	b.Raw(c.Log.Args()...)
+	return b.Args()
 }
 
 // Validate reports every problem, naming the flag.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/pkg/testtools"
 )
@@ -296,11 +297,11 @@ func TestConfigArgsRoundTrip(t *testing.T) {
 		if err := fs.Parse(c.Args()); err != nil {
 			t.Fatalf("%v: %v", c.Args(), err)
 		}
-		if c.Log.Format == "" {
-			c.Log.Format, c.Log.Level = "text", "info"
-		}
 		if !reflect.DeepEqual(got, c) {
 			t.Errorf("Args %v parse to\n%+v, want\n%+v", c.Args(), got, c)
+		}
+		if u := flagargs.Unset(fs); c.Log.Format == "json" && len(u) > 0 {
+			t.Errorf("Args of a full configuration does not render %q", u)
 		}
 		if err := got.Validate(); err != nil {
 			t.Errorf("rendered flags invalid: %v", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/cni"
+	"github.com/kopsnode/agents/pkg/flagargs"
 )
 
 // Modes of Config.Mode.
@@ -65,27 +66,21 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Resync, "pod-network-resync", c.Resync, "how often routes, masquerade rules and the Node are checked without a change")
 }
 
-// Args renders the flags of a configuration, the inverse of AddFlags, for
-// the unit that nodeup writes. Defaults are left out.
+// Args renders the flags of a configuration, the exact inverse of AddFlags
+// from DefaultConfig, for the unit that nodeup writes. Defaults are left
+// out, so the default configuration (podnet off) renders nothing.
 func (c Config) Args() []string {
-	if c.Mode == ModeOff {
-		return nil
-	}
 	d := DefaultConfig()
-	args := []string{"--pod-network=" + c.Mode}
-	add := func(flag, v, def string) {
-		if v != def {
-			args = append(args, "--"+flag+"="+v)
-		}
-	}
-	add("kubeconfig", c.Kubeconfig, d.Kubeconfig)
-	add("kube-node-name", c.NodeName, d.NodeName)
-	add("cluster-pod-cidr", c.ClusterCIDR, "")
-	add("non-masquerade-cidr", c.NonMasqueradeCIDR, "")
-	add("cni-conf-dir", c.CNIConfDir, d.CNIConfDir)
-	add("pod-mtu", strconv.Itoa(c.MTU), "0")
-	add("pod-network-resync", c.Resync.String(), d.Resync.String())
-	return args
+	var b flagargs.Builder
+	b.String("pod-network", c.Mode, d.Mode)
+	b.String("kubeconfig", c.Kubeconfig, d.Kubeconfig)
+	b.String("kube-node-name", c.NodeName, d.NodeName)
+	b.String("cluster-pod-cidr", c.ClusterCIDR, d.ClusterCIDR)
+	b.String("non-masquerade-cidr", c.NonMasqueradeCIDR, d.NonMasqueradeCIDR)
+	b.String("cni-conf-dir", c.CNIConfDir, d.CNIConfDir)
+	b.Int("pod-mtu", c.MTU, d.MTU)
+	b.Duration("pod-network-resync", c.Resync, d.Resync)
+	return b.Args()
 }
 
 // Validate returns every problem, naming the flag.

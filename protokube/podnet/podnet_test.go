@@ -10,6 +10,7 @@ import (
 
 	"github.com/kopsnode/agents/gossip/hlc"
 	"github.com/kopsnode/agents/gossip/records"
+	"github.com/kopsnode/agents/pkg/flagargs"
 )
 
 var (
@@ -191,25 +192,28 @@ func TestParseNodePodCIDR(t *testing.T) {
 	}
 }
 
+// Args is the exact inverse of AddFlags: for the defaults and for a value
+// with every field changed, parsing the rendered flags into a fresh
+// DefaultConfig gives the value back, and the full value sets every flag.
 func TestConfigArgsParseBack(t *testing.T) {
-	c := DefaultConfig()
-	c.Mode = ModeKubenet
-	c.ClusterCIDR = "100.96.0.0/11"
-	c.NonMasqueradeCIDR = "100.64.0.0/10"
-	c.MTU = 9001
-	c.NodeName = "ip-10-0-0-1"
-	c.Resync = time.Minute
-	if err := c.Validate(); err != nil {
+	full := Config{Mode: ModeKubenet, Kubeconfig: "/k", NodeName: "ip-10-0-0-1", ClusterCIDR: "100.96.0.0/11",
+		NonMasqueradeCIDR: "100.64.0.0/10", CNIConfDir: "/etc/cni/x", MTU: 9001, Resync: time.Minute}
+	if err := full.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	got := DefaultConfig()
-	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	got.AddFlags(fs)
-	if err := fs.Parse(c.Args()); err != nil {
-		t.Fatalf("%q: %v", c.Args(), err)
-	}
-	if !reflect.DeepEqual(got, c) {
-		t.Fatalf("parsed back %+v, want %+v", got, c)
+	for _, c := range []Config{DefaultConfig(), full} {
+		got := DefaultConfig()
+		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		got.AddFlags(fs)
+		if err := fs.Parse(c.Args()); err != nil {
+			t.Fatalf("%q: %v", c.Args(), err)
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Fatalf("parsed back %+v, want %+v", got, c)
+		}
+		if u := flagargs.Unset(fs); reflect.DeepEqual(c, full) && len(u) > 0 {
+			t.Errorf("Args of a full configuration does not render %q", u)
+		}
 	}
 	if a := DefaultConfig().Args(); a != nil {
 		t.Fatalf("off renders %q", a)
