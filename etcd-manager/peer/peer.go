@@ -44,6 +44,38 @@ type Info struct {
 	// Leader is the leader this instance believes in, and its term.
 	Leader     string `json:"leader,omitempty"`
 	LeaderTerm int64  `json:"leaderTerm,omitempty"`
+	// Restore is the restore this instance last took part in, if any.
+	Restore *RestoreInfo `json:"restore,omitempty"`
+}
+
+// RestoreInfo is where an instance is in a restore (package
+// etcd-manager/restore: Step is one of its Step values).
+type RestoreInfo struct {
+	CommandID string `json:"commandID"`
+	Step      string `json:"step"`
+	Error     string `json:"error,omitempty"`
+}
+
+// RestoreRequest tells an instance what to do in the restore CommandID
+// (package etcd-manager/restore). Phase "restore": stop etcd, move its
+// data aside, fetch and check the full backup Backup from the backup
+// store, restore it with etcdutl under ClusterToken and InitialCluster,
+// adding BumpRevision to its revision and marking it compacted, and start
+// it quarantined; "open": restart it serving clients as usual;
+// "rollback": put the old data back and restart the old member;
+// "finish": prune old moved-aside data. The instance works in the
+// background and reports its progress in Info.Restore; a repeated
+// request for work done or under way is a no-op.
+type RestoreRequest struct {
+	LeaderID       string `json:"leaderID"`
+	LeaderTerm     int64  `json:"leaderTerm"`
+	CommandID      string `json:"commandID"`
+	Phase          string `json:"phase"`
+	Backup         string `json:"backup,omitempty"`
+	ClusterToken   string `json:"clusterToken,omitempty"`
+	EtcdVersion    string `json:"etcdVersion,omitempty"`
+	InitialCluster string `json:"initialCluster,omitempty"`
+	BumpRevision   int64  `json:"bumpRevision,omitempty"`
 }
 
 // Idle reports whether the instance can be added to a cluster: no etcd, no data.
@@ -83,6 +115,11 @@ type Node interface {
 	Join(ctx context.Context, req JoinRequest) error
 	Leave(ctx context.Context, req LeaveRequest) error
 	Rotate(ctx context.Context, req RotateRequest) error
+}
+
+// Restorer is a Node that takes part in restores (POST /v1/restore).
+type Restorer interface {
+	Restore(ctx context.Context, req RestoreRequest) error
 }
 
 // ServerTLS returns a server TLS config that requires a client certificate
@@ -158,6 +195,16 @@ func Serve(addr string, tlsCfg *tls.Config, node Node, logger *slog.Logger) (*Se
 		}
 		reply(w, struct{}{}, node.Rotate(r.Context(), req))
 	})
+	if rn, ok := node.(Restorer); ok {
+		mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
+			var req RestoreRequest
+			if err := decode(r, &req); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			reply(w, struct{}{}, rn.Restore(r.Context(), req))
+		})
+	}
 	s := &Server{
 		srv: &http.Server{
 			Handler:           mux,
@@ -260,6 +307,11 @@ func (c *Client) Leave(ctx context.Context, addr string, req LeaveRequest) error
 // Rotate tells the peer at addr to reissue its etcd certificates.
 func (c *Client) Rotate(ctx context.Context, addr string, req RotateRequest) error {
 	return c.do(ctx, http.MethodPost, addr, "/v1/rotate", req, nil)
+}
+
+// Restore sends a restore request to the peer at addr.
+func (c *Client) Restore(ctx context.Context, addr string, req RestoreRequest) error {
+	return c.do(ctx, http.MethodPost, addr, "/v1/restore", req, nil)
 }
 
 func (c *Client) do(ctx context.Context, method, addr, path string, body, out any) error {
