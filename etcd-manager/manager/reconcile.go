@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kopsnode/agents/etcd-manager/control"
@@ -205,17 +204,41 @@ func initialCluster(ms []control.Member) string {
 	return strings.Join(parts, ",")
 }
 
-// reconcile converges the etcd cluster on spec. It makes at most one
-// membership change per call; the next tick sees the result.
+// reconcile converges the etcd cluster on spec. It observes (observe),
+// lets the pure decide pick at most one change, and carries it out (act);
+// the next tick sees the result.
 func (m *Manager) reconcile(ctx context.Context, spec control.Spec, infos map[string]peer.Info, term int64) error {
-	created, ok, err := control.ReadCreated(ctx, m.cfg.Store, m.layout)
+	obs, c, err := m.observe(ctx, spec, infos)
 	if err != nil {
 		return err
 	}
+	d := decide(obs, spec, m.now(), m.cfg.decideConfig(m.layout))
+	if d.Action != ActRunCommands {
+		m.logger.Debug("reconcile decision", "action", d.Action.String(), "target", d.Target, "reason", d.Reason)
+	}
+	return m.act(ctx, c, spec, obs, d, term)
+}
+
+// observe gathers what decide needs beyond the peers' infos: the created
+// marker, etcd's member list through the healthy members (with a client
+// act uses), whether the cluster ever answered, how long each member has
+// been unhealthy, and which etcd binaries are installed. It also keeps the
+// backup source, status and metrics current.
+func (m *Manager) observe(ctx context.Context, spec control.Spec, infos map[string]peer.Info) (Observation, *clientv3.Client, error) {
+	obs := Observation{Self: m.ID(), Infos: infos, Binaries: map[string]error{}}
+	m.mu.Lock()
+	obs.LeaderSince = m.leaderSince
+	m.mu.Unlock()
+	created, ok, err := control.ReadCreated(ctx, m.cfg.Store, m.layout)
+	if err != nil {
+		return obs, nil, err
+	}
 	if !ok {
 		m.setBackupSource(nil)
-		return m.createCluster(ctx, spec, infos, term)
+		m.checkBinary(obs.Binaries, spec.EtcdVersion)
+		return obs, nil, nil
 	}
+	obs.Created = &created
 	var endpoints []string
 	src := &backupSource{spec: spec, token: created.ClusterToken}
 	for _, id := range sortedIDs(infos) {
@@ -226,7 +249,7 @@ func (m *Manager) reconcile(ctx context.Context, spec control.Spec, infos map[st
 				// This instance's own member first: its snapshot does not
 				// cross the network.
 				tg := backupTarget{member: id, endpoint: i.ClientURLs[0]}
-				if id == m.ID() {
+				if id == obs.Self {
 					src.targets = append([]backupTarget{tg}, src.targets...)
 				} else {
 					src.targets = append(src.targets, tg)
@@ -236,25 +259,174 @@ func (m *Manager) reconcile(ctx context.Context, spec control.Spec, infos map[st
 	}
 	m.setBackupSource(src)
 	if len(endpoints) == 0 {
-		return m.finishCreation(ctx, created, infos, term)
+		if !m.bootstrapped {
+			b, err := control.IsBootstrapped(ctx, m.cfg.Store, m.layout)
+			if err != nil {
+				return obs, nil, err
+			}
+			m.bootstrapped = b
+		}
+		obs.Bootstrapped = m.bootstrapped
+		return obs, nil, nil
 	}
 	c, err := m.clusterClient(endpoints)
 	if err != nil {
-		return err
+		return obs, nil, err
 	}
 	lctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
 	resp, err := c.MemberList(lctx)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("listing etcd members via %v: %w", endpoints, err)
+		return obs, nil, fmt.Errorf("listing etcd members via %v: %w", endpoints, err)
 	}
 	if !m.bootstrapped {
-		if err := control.MarkBootstrapped(ctx, m.cfg.Store, m.layout, m.ID()); err != nil {
-			return err
+		if err := control.MarkBootstrapped(ctx, m.cfg.Store, m.layout, obs.Self); err != nil {
+			return obs, nil, err
 		}
 		m.bootstrapped = true
 	}
-	return m.converge(ctx, c, spec, created, resp.Members, infos, term)
+	obs.Bootstrapped = true
+	obs.Listed = true
+	obs.Members = resp.Members
+	cv := viewMembers(resp.Members, infos, created.EtcdVersion)
+	obs.UnhealthySince = m.trackHealth(cv, m.now())
+	m.checkBinary(obs.Binaries, cv.version)
+	return obs, c, nil
+}
+
+func (m *Manager) checkBinary(into map[string]error, version string) {
+	_, err := etcdprocess.BinaryPath(m.cfg.BinDirRoot, version)
+	into[version] = err
+}
+
+// trackHealth records when each member was first seen unhealthy (forgetting
+// healthy and removed members), updates status and metrics, and returns a
+// copy of the record for decide.
+func (m *Manager) trackHealth(cv clusterView, now time.Time) map[string]time.Time {
+	m.met.setCluster(len(cv.views), countHealthy(cv.views), cv.version)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	m.status.Members = nil
+	for _, v := range cv.views {
+		key := v.key()
+		seen[key] = true
+		if v.healthy {
+			delete(m.unhealthySince, key)
+		} else if _, ok := m.unhealthySince[key]; !ok {
+			m.unhealthySince[key] = now
+		}
+		m.status.Members = append(m.status.Members, MemberStatus{Name: v.name, ID: key, PeerURLs: v.member.PeerURLs, ClientURLs: v.member.ClientURLs, Learner: v.member.IsLearner, Healthy: v.healthy})
+	}
+	out := map[string]time.Time{}
+	for k, t := range m.unhealthySince {
+		if !seen[k] {
+			delete(m.unhealthySince, k)
+			continue
+		}
+		out[k] = t
+	}
+	m.status.EtcdVersion = cv.version
+	return out
+}
+
+// act carries out a decision. c is the cluster client observe made (nil
+// when etcd's member list was not read).
+func (m *Manager) act(ctx context.Context, c *clientv3.Client, spec control.Spec, obs Observation, d Decision, term int64) error {
+	leaderID, leaderTerm := obs.Self, term
+	switch d.Action {
+	case ActWait:
+		return nil
+	case ActRefuse:
+		return d.Err
+	case ActCreate:
+		return m.createCluster(ctx, d, obs.Infos, term)
+	case ActResendJoins:
+		return m.sendCreateJoins(ctx, *obs.Created, obs.Infos, term)
+	case ActLeave:
+		m.logger.Info("peer is not a member of the cluster; telling it to leave", "peer", d.Target, "token", d.Token)
+		if err := m.leave(ctx, obs.Infos[d.Target], peer.LeaveRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: d.Token}); err != nil {
+			m.logger.Warn("telling peer to leave", "peer", d.Target, "err", err)
+		}
+		return nil
+	case ActJoinLearner:
+		return m.join(ctx, obs.Infos[d.Target], peer.JoinRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: obs.Created.ClusterToken, EtcdVersion: d.Version, InitialCluster: d.InitialCluster, State: "existing"})
+	case ActPromote:
+		pctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
+		_, err := c.MemberPromote(pctx, d.MemberID)
+		cancel()
+		if err != nil {
+			// etcd refuses until the learner caught up; tried again next tick.
+			m.logger.Debug("learner not promoted yet", "member", d.Target, "err", err)
+			return nil
+		}
+		m.logger.Info("promoted learner", "member", d.Target)
+		return nil
+	case ActRemove:
+		return m.removeMember(ctx, c, obs, d, term)
+	case ActRotate:
+		m.logger.Info("rotating etcd certificates", "member", d.Target, "notAfter", obs.Infos[d.Target].CertNotAfter)
+		return m.rotate(ctx, obs.Infos[d.Target], peer.RotateRequest{LeaderID: leaderID, LeaderTerm: leaderTerm})
+	case ActAddLearner:
+		return m.addLearner(ctx, c, obs, d, term)
+	case ActRunCommands:
+		if d.Warn != "" {
+			m.logger.Warn("spec names another etcd version than the cluster runs; upgrades are not implemented yet", "spec", spec.EtcdVersion, "running", d.Version)
+		}
+		return m.runCommands(ctx, term)
+	}
+	return fmt.Errorf("reconcile: unknown decision %s", d.Action)
+}
+
+// removeMember removes an etcd member after a fresh backup, and tells its
+// instance, if reachable and a member, to leave.
+func (m *Manager) removeMember(ctx context.Context, c *clientv3.Client, obs Observation, d Decision, term int64) error {
+	if ok, _ := m.lease.IsLeader(); !ok {
+		return errors.New("lost the leader lease before removing a member")
+	}
+	if !m.backupBeforeChange("before removing member " + d.Target) {
+		return nil
+	}
+	m.logger.Info("removing etcd member", "member", d.Target, "id", strconv.FormatUint(d.MemberID, 16), "why", d.Reason)
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
+	defer cancel()
+	if _, err := c.MemberRemove(rctx, d.MemberID); err != nil {
+		return fmt.Errorf("removing member %s: %w", d.Target, err)
+	}
+	if i, ok := obs.Infos[d.Target]; ok && i.ClusterToken != "" {
+		if err := m.leave(ctx, i, peer.LeaveRequest{LeaderID: obs.Self, LeaderTerm: term, ClusterToken: i.ClusterToken}); err != nil {
+			m.logger.Warn("telling removed member to leave", "member", d.Target, "err", err)
+		}
+	}
+	return nil
+}
+
+// addLearner adds an idle peer as a learner after a fresh backup and tells
+// it to join the cluster as etcd now lists it.
+func (m *Manager) addLearner(ctx context.Context, c *clientv3.Client, obs Observation, d Decision, term int64) error {
+	n := obs.Infos[d.Target]
+	if ok, _ := m.lease.IsLeader(); !ok {
+		return errors.New("lost the leader lease before adding a member")
+	}
+	if !m.backupBeforeChange("before adding member " + n.ID) {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
+	resp, err := c.MemberAddAsLearner(actx, n.PeerURLs)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("adding %s as learner: %w", n.ID, err)
+	}
+	m.logger.Info("added etcd learner", "member", n.ID, "id", strconv.FormatUint(resp.Member.ID, 16))
+	// The new member has no name until it starts: name it here so the
+	// initial cluster lists it.
+	cv := viewMembers(resp.Members, obs.Infos, d.Version)
+	for i := range cv.views {
+		if cv.views[i].member.ID == resp.Member.ID {
+			cv.views[i].name = n.ID
+		}
+	}
+	return m.join(ctx, n, peer.JoinRequest{LeaderID: obs.Self, LeaderTerm: term, ClusterToken: obs.Created.ClusterToken, EtcdVersion: d.Version, InitialCluster: cv.initialCluster(), State: "existing"})
 }
 
 func (m *Manager) clusterClient(endpoints []string) (*clientv3.Client, error) {
@@ -275,42 +447,15 @@ func (m *Manager) clusterClient(endpoints []string) (*clientv3.Client, error) {
 	return c, nil
 }
 
-// createCluster creates the cluster if none exists and enough idle peers are
-// here. The created marker, written create-if-absent, is the fence.
-func (m *Manager) createCluster(ctx context.Context, spec control.Spec, infos map[string]peer.Info, term int64) error {
-	var idle []peer.Info
-	for _, id := range sortedIDs(infos) {
-		i := infos[id]
-		if i.ClusterToken != "" || !i.DataDirEmpty || i.EtcdRunning {
-			return fmt.Errorf("no cluster was created (%s is absent) but peer %s holds etcd data or membership (token %q); refusing to create a new cluster, nothing changed",
-				m.layout.CreatedKey(), i.ID, i.ClusterToken)
-		}
-		idle = append(idle, i)
-	}
-	if _, err := etcdprocess.BinaryPath(m.cfg.BinDirRoot, spec.EtcdVersion); err != nil {
-		return fmt.Errorf("cannot create cluster: %w", err)
-	}
-	if len(idle) < control.Quorum(spec.MemberCount) {
-		return nil
-	}
-	m.mu.Lock()
-	since := m.leaderSince
-	m.mu.Unlock()
-	if len(idle) < spec.MemberCount && m.now().Sub(since) < 2*m.cfg.LeaseDuration {
-		// Give the other peers a moment to show up, so the cluster starts
-		// at full size; after that a quorum is enough and the rest join.
-		return nil
-	}
-	n := min(spec.MemberCount, len(idle))
-	chosen := idle[:n]
+// createCluster writes the created marker for the members decide chose
+// (create-if-absent: the fence against a second leader) and tells them to
+// join with initial-cluster-state=new.
+func (m *Manager) createCluster(ctx context.Context, d Decision, infos map[string]peer.Info, term int64) error {
 	token, err := newToken()
 	if err != nil {
 		return err
 	}
-	created := control.Created{ClusterToken: token, EtcdVersion: spec.EtcdVersion, CreatedBy: m.ID(), LeaderTerm: term, Created: m.now().UTC()}
-	for _, i := range chosen {
-		created.InitialMembers = append(created.InitialMembers, control.Member{Name: i.ID, PeerURLs: i.PeerURLs})
-	}
+	created := control.Created{ClusterToken: token, EtcdVersion: d.Version, CreatedBy: m.ID(), LeaderTerm: term, Created: m.now().UTC(), InitialMembers: d.Members}
 	if ok, _ := m.lease.IsLeader(); !ok {
 		return errors.New("lost the leader lease before creating the cluster")
 	}
@@ -321,7 +466,7 @@ func (m *Manager) createCluster(ctx context.Context, spec control.Spec, infos ma
 		}
 		return err
 	}
-	m.logger.Info("creating etcd cluster", "token", token, "members", n, "version", spec.EtcdVersion)
+	m.logger.Info("creating etcd cluster", "token", token, "members", len(d.Members), "version", d.Version)
 	return m.sendCreateJoins(ctx, created, infos, term)
 }
 
@@ -366,305 +511,6 @@ func (m *Manager) rotate(ctx context.Context, i peer.Info, req peer.RotateReques
 	cctx, cancel := context.WithTimeout(ctx, 3*m.cfg.PeerTimeout)
 	defer cancel()
 	return m.client.Rotate(cctx, i.ManagerAddr, req)
-}
-
-// finishCreation handles a created cluster with no healthy member. Before
-// the cluster ever answered, initial members that never got their join
-// (the creating leader died) are told again; after, nothing is done but
-// wait: members restart their own etcd from their saved state.
-func (m *Manager) finishCreation(ctx context.Context, created control.Created, infos map[string]peer.Info, term int64) error {
-	if !m.bootstrapped {
-		b, err := control.IsBootstrapped(ctx, m.cfg.Store, m.layout)
-		if err != nil {
-			return err
-		}
-		m.bootstrapped = b
-	}
-	if m.bootstrapped {
-		return errors.New("no healthy etcd member answers; waiting for members to restart")
-	}
-	return m.sendCreateJoins(ctx, created, infos, term)
-}
-
-type memberView struct {
-	member  *etcdserverpb.Member
-	name    string
-	info    *peer.Info
-	healthy bool
-}
-
-func (v memberView) started() bool { return v.member.Name != "" }
-
-// converge applies at most one change to the running cluster.
-func (m *Manager) converge(ctx context.Context, c *clientv3.Client, spec control.Spec, created control.Created, members []*etcdserverpb.Member, infos map[string]peer.Info, term int64) error {
-	now := m.now()
-	byURL := map[string]string{}
-	for id, i := range infos {
-		for _, u := range i.PeerURLs {
-			byURL[u] = id
-		}
-	}
-	var views []memberView
-	mapped := map[string]bool{}
-	healthyVoters, voters, learners := 0, 0, 0
-	version := created.EtcdVersion
-	seen := map[string]bool{}
-	for _, mm := range members {
-		v := memberView{member: mm, name: mm.Name}
-		if v.name == "" {
-			for _, u := range mm.PeerURLs {
-				if id, ok := byURL[u]; ok {
-					v.name = id
-				}
-			}
-		}
-		if i, ok := infos[v.name]; ok && v.name != "" {
-			v.info = &i
-			mapped[v.name] = true
-			v.healthy = i.EtcdHealthy && i.MemberID == strconv.FormatUint(mm.ID, 16)
-			if v.healthy && !mm.IsLearner && i.EtcdVersion != "" {
-				version = i.EtcdVersion
-			}
-		}
-		key := strconv.FormatUint(mm.ID, 16)
-		seen[key] = true
-		m.mu.Lock()
-		if v.healthy {
-			delete(m.unhealthySince, key)
-		} else if _, ok := m.unhealthySince[key]; !ok {
-			m.unhealthySince[key] = now
-		}
-		m.mu.Unlock()
-		if mm.IsLearner {
-			learners++
-		} else {
-			voters++
-			if v.healthy {
-				healthyVoters++
-			}
-		}
-		views = append(views, v)
-	}
-	m.mu.Lock()
-	for k := range m.unhealthySince {
-		if !seen[k] {
-			delete(m.unhealthySince, k)
-		}
-	}
-	m.status.Members = nil
-	for _, v := range views {
-		m.status.Members = append(m.status.Members, MemberStatus{Name: v.name, ID: strconv.FormatUint(v.member.ID, 16), PeerURLs: v.member.PeerURLs, ClientURLs: v.member.ClientURLs, Learner: v.member.IsLearner, Healthy: v.healthy})
-	}
-	m.status.EtcdVersion = version
-	m.mu.Unlock()
-	m.met.setCluster(len(members), countHealthy(views), version)
-	deadFor := func(v memberView) time.Duration {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		s, ok := m.unhealthySince[strconv.FormatUint(v.member.ID, 16)]
-		if !ok {
-			return 0
-		}
-		return now.Sub(s)
-	}
-	// removeSafe says whether removing v keeps a quorum of healthy voters.
-	removeSafe := func(v memberView) bool {
-		if v.member.IsLearner {
-			return true
-		}
-		after := healthyVoters
-		if v.healthy {
-			after--
-		}
-		return voters > 1 && after >= control.Quorum(voters-1)
-	}
-	leaderID, leaderTerm := m.ID(), term
-	remove := func(v memberView, why string) error {
-		if ok, _ := m.lease.IsLeader(); !ok {
-			return errors.New("lost the leader lease before removing a member")
-		}
-		if !m.backupBeforeChange("before removing member " + v.name) {
-			return nil
-		}
-		m.logger.Info("removing etcd member", "member", v.name, "id", strconv.FormatUint(v.member.ID, 16), "why", why)
-		rctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
-		defer cancel()
-		if _, err := c.MemberRemove(rctx, v.member.ID); err != nil {
-			return fmt.Errorf("removing member %s: %w", v.name, err)
-		}
-		if v.info != nil && v.info.ClusterToken != "" {
-			if err := m.leave(ctx, *v.info, peer.LeaveRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: v.info.ClusterToken}); err != nil {
-				m.logger.Warn("telling removed member to leave", "member", v.name, "err", err)
-			}
-		}
-		return nil
-	}
-
-	// 1. Peers that believe they are members but are not (removed while
-	// away, or of an older cluster) leave and become idle.
-	for _, id := range sortedIDs(infos) {
-		i := infos[id]
-		if i.ClusterToken == "" || (i.ClusterToken == created.ClusterToken && mapped[id]) {
-			continue
-		}
-		m.logger.Info("peer is not a member of the cluster; telling it to leave", "peer", id, "token", i.ClusterToken)
-		if err := m.leave(ctx, i, peer.LeaveRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: i.ClusterToken}); err != nil {
-			m.logger.Warn("telling peer to leave", "peer", id, "err", err)
-		}
-		return nil
-	}
-
-	// 2. Learners: start them if their join was lost, promote when caught up.
-	for _, v := range views {
-		if !v.member.IsLearner {
-			continue
-		}
-		switch {
-		case v.info != nil && v.info.Idle():
-			ic := m.initialClusterOf(views)
-			return m.join(ctx, *v.info, peer.JoinRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: created.ClusterToken, EtcdVersion: version, InitialCluster: ic, State: "existing"})
-		case v.info != nil && v.info.EtcdRunning:
-			pctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
-			_, err := c.MemberPromote(pctx, v.member.ID)
-			cancel()
-			if err != nil {
-				m.logger.Debug("learner not promoted yet", "member", v.name, "err", err)
-				return nil
-			}
-			m.logger.Info("promoted learner", "member", v.name)
-			return nil
-		case deadFor(v) > m.cfg.DeadMemberThreshold:
-			return remove(v, "learner unreachable past the dead-member threshold")
-		}
-		return nil
-	}
-
-	// 3. A started member whose node came back with an empty disk under the
-	// same identity: remove the stale member; it is added again below.
-	for _, v := range views {
-		if v.started() && v.info != nil && v.info.Idle() {
-			if !removeSafe(v) {
-				return fmt.Errorf("member %s was replaced (empty data dir) but removing it would lose quorum", v.name)
-			}
-			return remove(v, "node replaced: empty data directory under the same identity")
-		}
-	}
-
-	// 4. Certificate rotation, one member at a time, only when all are healthy.
-	if countHealthy(views) == len(views) {
-		var soonest *peer.Info
-		for _, v := range views {
-			if v.info != nil && !v.info.CertNotAfter.IsZero() && v.info.CertNotAfter.Sub(now) < m.cfg.RenewBefore {
-				if soonest == nil || v.info.CertNotAfter.Before(soonest.CertNotAfter) {
-					soonest = v.info
-				}
-			}
-		}
-		if soonest != nil {
-			m.logger.Info("rotating etcd certificates", "member", soonest.ID, "notAfter", soonest.CertNotAfter)
-			return m.rotate(ctx, *soonest, peer.RotateRequest{LeaderID: leaderID, LeaderTerm: leaderTerm})
-		}
-	}
-
-	var idle []peer.Info
-	for _, id := range sortedIDs(infos) {
-		if i := infos[id]; i.Idle() && !mapped[id] {
-			idle = append(idle, i)
-		}
-	}
-	total := len(members)
-	switch {
-	case total > spec.MemberCount:
-		// Shrink: unhealthy members first, the longest dead first; then
-		// healthy ones other than this instance, highest ID first.
-		cands := append([]memberView(nil), views...)
-		sort.SliceStable(cands, func(a, b int) bool {
-			va, vb := cands[a], cands[b]
-			if va.healthy != vb.healthy {
-				return !va.healthy
-			}
-			if !va.healthy {
-				return deadFor(va) > deadFor(vb)
-			}
-			if (va.name == leaderID) != (vb.name == leaderID) {
-				return vb.name == leaderID
-			}
-			return va.name > vb.name
-		})
-		for _, v := range cands {
-			if removeSafe(v) {
-				return remove(v, fmt.Sprintf("cluster has %d members, spec wants %d", total, spec.MemberCount))
-			}
-		}
-		return fmt.Errorf("cluster has %d members, spec wants %d, but no member can be removed without losing quorum", total, spec.MemberCount)
-	case total == spec.MemberCount && len(idle) > 0:
-		for _, v := range views {
-			if !v.healthy && deadFor(v) > m.cfg.DeadMemberThreshold {
-				if !removeSafe(v) {
-					return fmt.Errorf("member %s is dead and a replacement is waiting, but removing it would lose quorum", v.name)
-				}
-				return remove(v, fmt.Sprintf("unhealthy for %s and peer %s is waiting to replace it", deadFor(v).Round(time.Second), idle[0].ID))
-			}
-		}
-	case total < spec.MemberCount && learners == 0 && len(idle) > 0:
-		if healthyVoters < control.Quorum(voters) {
-			return fmt.Errorf("not adding a member: only %d of %d voters are healthy", healthyVoters, voters)
-		}
-		if _, err := etcdprocess.BinaryPath(m.cfg.BinDirRoot, version); err != nil {
-			return err
-		}
-		n := idle[0]
-		if ok, _ := m.lease.IsLeader(); !ok {
-			return errors.New("lost the leader lease before adding a member")
-		}
-		if !m.backupBeforeChange("before adding member " + n.ID) {
-			return nil
-		}
-		actx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
-		resp, err := c.MemberAddAsLearner(actx, n.PeerURLs)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("adding %s as learner: %w", n.ID, err)
-		}
-		m.logger.Info("added etcd learner", "member", n.ID, "id", strconv.FormatUint(resp.Member.ID, 16))
-		var all []memberView
-		for _, mm := range resp.Members {
-			v := memberView{member: mm, name: mm.Name}
-			if mm.ID == resp.Member.ID {
-				v.name = n.ID
-			} else if v.name == "" {
-				for _, u := range mm.PeerURLs {
-					v.name = byURL[u]
-				}
-			}
-			all = append(all, v)
-		}
-		return m.join(ctx, n, peer.JoinRequest{LeaderID: leaderID, LeaderTerm: leaderTerm, ClusterToken: created.ClusterToken, EtcdVersion: version, InitialCluster: m.initialClusterOf(all), State: "existing"})
-	}
-	if spec.EtcdVersion != version {
-		m.logger.Warn("spec names another etcd version than the cluster runs; upgrades are not implemented yet", "spec", spec.EtcdVersion, "running", version)
-	}
-	return m.runCommands(ctx, term)
-}
-
-func (m *Manager) initialClusterOf(views []memberView) string {
-	var ms []control.Member
-	for _, v := range views {
-		if v.name != "" {
-			ms = append(ms, control.Member{Name: v.name, PeerURLs: v.member.PeerURLs})
-		}
-	}
-	return initialCluster(ms)
-}
-
-func countHealthy(views []memberView) int {
-	n := 0
-	for _, v := range views {
-		if v.healthy {
-			n++
-		}
-	}
-	return n
 }
 
 // runCommands claims pending commands (fenced by create-if-absent) and runs
