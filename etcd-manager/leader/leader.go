@@ -5,6 +5,19 @@
 // object has not changed for a whole lease duration on its own monotonic
 // clock, while the holder stops calling itself leader half a lease after it
 // started its last successful renewal.
+//
+// The bound: a renewal that starts at S is written at some W >= S and first
+// seen by an observer at O >= W; the holder acts only before S + D/2, the
+// observer takes over no sooner than O + D. Two leaders therefore never
+// overlap as long as, during those D/2 (3 s with the default 6 s lease), the
+// machines' clocks run within a factor of two of each other and an action
+// the holder began before S + D/2 has finished (callers bound their actions
+// with timeouts shorter than D/2). Renew is a single conditional write, so
+// the holder can renew every D/4 (two tries inside its D/2) cheaply. The
+// callers' actions: etcd membership calls are bounded by the manager's peer
+// timeout (default 2 s, under D/2); peer commands carry the term and a peer
+// refuses a term older than one it obeyed; store writes that must happen
+// once are create-if-absent.
 package leader
 
 import (
@@ -43,6 +56,11 @@ type Lease struct {
 	id       string
 	duration time.Duration
 	clock    Clock
+
+	// opMu serialises the store operations (Acquire, Renew, Observe,
+	// Release), so a renewal in one goroutine and an acquisition in
+	// another never race each other's compare-and-swap.
+	opMu sync.Mutex
 
 	mu sync.Mutex // guards the fields below
 	// observation of the object, for expiry.
@@ -114,9 +132,27 @@ func (l *Lease) observeLocked(r Record, v store.Version, exists bool, now time.T
 	return now.Sub(l.seenSince) >= l.duration
 }
 
+// FreeAt returns when, on this instance's clock, the lease last observed
+// becomes free to take if its holder does not renew it, and that holder.
+// ok is false before the first observation and while this instance holds
+// the lease. A free (absent or released) lease is free at once.
+func (l *Lease) FreeAt() (at time.Time, holder string, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.observed || (l.heldVersion != "" && l.seenVersion == l.heldVersion) {
+		return time.Time{}, "", false
+	}
+	if l.seenAbsent || l.seenRecord.Holder == "" {
+		return l.seenSince, "", true
+	}
+	return l.seenSince.Add(l.duration), l.seenRecord.Holder, true
+}
+
 // Observe reads the lease to track its expiry without trying to take it.
 // Instances that are not candidates call it on every tick.
 func (l *Lease) Observe(ctx context.Context) (Record, error) {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
 	r, v, exists, err := l.read(ctx)
 	if err != nil {
 		return Record{}, err
@@ -133,6 +169,8 @@ func (l *Lease) Observe(ctx context.Context) (Record, error) {
 // Acquire takes or renews the lease. It returns whether this instance holds
 // it afterwards. A lost compare-and-swap is not an error.
 func (l *Lease) Acquire(ctx context.Context) (bool, int64, error) {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
 	start := l.clock.Now()
 	r, v, exists, err := l.read(ctx)
 	if err != nil {
@@ -181,6 +219,41 @@ func (l *Lease) Acquire(ctx context.Context) (bool, int64, error) {
 	return true, next.Term, nil
 }
 
+// Renew extends a lease this instance holds with one compare-and-swap on
+// the version it wrote last (no read). It returns false, without error,
+// when this instance holds no lease or another instance took it. A store
+// error keeps the hold: its validity runs out on its own unless a later
+// renewal succeeds first.
+func (l *Lease) Renew(ctx context.Context) (bool, error) {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	l.mu.Lock()
+	v, term := l.heldVersion, l.heldTerm
+	l.mu.Unlock()
+	if v == "" {
+		return false, nil
+	}
+	start := l.clock.Now()
+	next := Record{Holder: l.id, Term: term, Renewed: start.UTC()}
+	b, err := json.Marshal(next)
+	if err != nil {
+		return false, err
+	}
+	info, err := l.st.Put(ctx, l.key, bytes.NewReader(b), store.Condition{IfVersion: v})
+	if errors.Is(err, store.ErrPrecondition) {
+		l.drop()
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("renewing leader lease: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.heldVersion, l.validUntil = info.Version, start.Add(l.duration/2)
+	l.seenVersion, l.seenAbsent, l.seenRecord, l.seenSince, l.observed = info.Version, false, next, l.clock.Now(), true
+	return true, nil
+}
+
 func (l *Lease) drop() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -190,6 +263,8 @@ func (l *Lease) drop() {
 // Release gives the lease up if this instance holds it, so another instance
 // need not wait for expiry. Errors are returned but the local hold is gone.
 func (l *Lease) Release(ctx context.Context) error {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
 	l.mu.Lock()
 	v, term := l.heldVersion, l.heldTerm
 	l.heldVersion, l.heldTerm = "", 0
