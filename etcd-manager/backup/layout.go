@@ -11,8 +11,24 @@
 //	full/<name>/meta.json        Meta, written last: a backup without it is
 //	                             incomplete and ignored
 //
-// Names sort by time: 2026-11-30T10-15-00.000Z-full. Delta segments and
-// other kinds of objects get their own folders beside full/.
+//	delta/<first>-<last>/segment.gz
+//	                             the events of revisions first to last
+//	                             (both 20-digit, zero-padded, so names sort
+//	                             by revision), one JSON Event per line, gzip
+//	delta/<first>-<last>/meta.json
+//	                             SegmentMeta, written last, create-if-absent:
+//	                             range, event count, first/last event time,
+//	                             stored size and sha256, the link (previous
+//	                             segment's last revision and sha256), the
+//	                             full backup the chain started from, the
+//	                             writer's leader id and term, cluster token
+//
+// Names sort by time: 2026-11-30T10-15-00.000Z-full. A delta chain starts
+// at a full backup (its first segment links to the backup's revision with
+// an empty hash) and each later segment links to the one before; a new
+// full backup does not start a new chain, only a broken one does (the
+// watch's next revision compacted away). Other kinds of objects get their
+// own folders beside full/ and delta/.
 package backup
 
 import (
