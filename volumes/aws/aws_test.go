@@ -63,7 +63,7 @@ func (e *env) machine(t *testing.T, zone string) (*awsvol.Provider, string) {
 	md := httptest.NewServer(e.srv.IMDSHandler(id))
 	t.Cleanup(md.Close)
 	p, err := awsvol.New(context.Background(), config.AWSVolumeSpec{EC2Endpoint: e.ec2URL, IMDSEndpoint: md.URL}, awsvol.Options{
-		Logger:          testLogger(t).With("machine", id),
+		Logger:          testLogger(t),
 		DeviceDir:       filepath.Join(e.devDir, id),
 		PollInterval:    20 * time.Millisecond,
 		WaitTimeout:     5 * time.Second,
