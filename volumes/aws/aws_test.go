@@ -37,8 +37,14 @@ type env struct {
 
 func newEnv(t *testing.T, naming ec2local.DeviceNaming, delay time.Duration) *env {
 	t.Helper()
+	return newEnvOpts(t, ec2local.Options{Delay: delay, Naming: naming})
+}
+
+func newEnvOpts(t *testing.T, opts ec2local.Options) *env {
+	t.Helper()
 	e := &env{devDir: t.TempDir()}
-	e.srv = ec2local.New(ec2local.Options{Delay: delay, DeviceDir: e.devDir, Naming: naming, Logger: testLogger(t)})
+	opts.DeviceDir, opts.Logger = e.devDir, testLogger(t)
+	e.srv = ec2local.New(opts)
 	hs := httptest.NewServer(e.srv.Handler())
 	t.Cleanup(hs.Close)
 	e.ec2URL = hs.URL
@@ -384,5 +390,40 @@ func TestWrongZone(t *testing.T) {
 	_, err = p.Attach(ctx, vols[0])
 	if !errors.Is(err, awsvol.ErrWrongZone) || !strings.Contains(err.Error(), zoneB) {
 		t.Fatalf("AttachEBS of a volume in %s = %v, want ErrWrongZone naming the zone", zoneB, err)
+	}
+}
+
+// TestListPagesAndSorts: List follows DescribeVolumes' NextToken, keeps only
+// this etcd cluster's volumes with a valid slot tag, sorted by slot.
+func TestListPagesAndSorts(t *testing.T) {
+	e := newEnvOpts(t, ec2local.Options{PageSize: 1})
+	ctx := ctxT(t)
+	p, _ := e.machine(t, zoneA)
+	tags := func(slot string) map[string]string {
+		m := map[string]string{"kubernetes.io/cluster/c1": "owned", awsvol.EtcdClusterTag: "main"}
+		if slot != "" {
+			m[awsvol.SlotTag] = slot
+		}
+		return m
+	}
+	v3 := e.srv.AddVolume(zoneA, 1, tags("main-3"))
+	v1 := e.srv.AddVolume(zoneB, 1, tags("main-1"))
+	e.srv.AddVolume(zoneA, 1, tags(""))
+	e.srv.AddVolume(zoneA, 1, tags("Not A Slot"))
+	v2 := e.srv.AddVolume(zoneA, 1, tags("main-2"))
+	vols, err := p.List(ctx, "c1", "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range vols {
+		got = append(got, v.ID+"="+v.Slot)
+	}
+	want := []string{v1 + "=main-1", v2 + "=main-2", v3 + "=main-3"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("List = %v, want %v", got, want)
+	}
+	if n := e.srv.Calls("DescribeVolumes"); n != 5 {
+		t.Fatalf("DescribeVolumes called %d times, want 5 (one volume per page)", n)
 	}
 }

@@ -67,6 +67,9 @@ type Options struct {
 	// DeviceDir/<instance ID> stands for that instance's /dev.
 	DeviceDir string
 	Naming    DeviceNaming
+	// PageSize, when positive, caps the volumes of one DescribeVolumes page
+	// (EC2 may answer fewer than MaxResults), to exercise NextToken.
+	PageSize int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger receives one line per request; nil discards.
@@ -687,6 +690,9 @@ func (s *Server) describeVolumesLocked(f form) (any, *apiError) {
 			return nil, badRequest("InvalidParameterCombination", "The parameter volumeSet cannot be used with the parameter maxResults")
 		}
 		max = mr
+	}
+	if s.opts.PageSize > 0 && max > s.opts.PageSize {
+		max = s.opts.PageSize
 	}
 	end := min(start+max, len(match))
 	out := struct {
