@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -81,8 +80,6 @@ type Options struct {
 	// Credentials overrides the standard AWS credential chain (environment,
 	// shared files, instance role); tests use static ones.
 	Credentials aws.CredentialsProvider
-	// HTTPClient overrides the HTTP client of both EC2 and IMDS calls.
-	HTTPClient *http.Client
 }
 
 // Provider attaches EBS volumes to the instance it runs on.
@@ -121,15 +118,11 @@ func New(ctx context.Context, cfg config.AWSVolumeSpec, opts Options) (*Provider
 	if opts.RetryMaxBackoff <= 0 {
 		opts.RetryMaxBackoff = retry.DefaultMaxBackoff
 	}
-	imdsOpts := imds.Options{
+	md := imds.New(imds.Options{
 		Endpoint: cfg.IMDSEndpoint,
 		// IMDSv2 only: a session token first, never the v1 fallback.
 		EnableFallback: aws.FalseTernary,
-	}
-	if opts.HTTPClient != nil {
-		imdsOpts.HTTPClient = opts.HTTPClient
-	}
-	md := imds.New(imdsOpts)
+	})
 	where := "the instance metadata service"
 	if cfg.IMDSEndpoint != "" {
 		where += " at " + cfg.IMDSEndpoint
@@ -154,6 +147,9 @@ func New(ctx context.Context, cfg config.AWSVolumeSpec, opts Options) (*Provider
 	if p.zone, err = get("placement/availability-zone"); err != nil {
 		return nil, err
 	}
+	if !strings.HasPrefix(p.instance, "i-") || p.zone == "" {
+		return nil, fmt.Errorf("aws volume provider: %s answered instance-id %q and availability zone %q, not an EC2 instance's", where, p.instance, p.zone)
+	}
 	p.region = cfg.Region
 	if p.region == "" {
 		if p.region, err = get("placement/region"); err != nil {
@@ -177,9 +173,6 @@ func New(ctx context.Context, cfg config.AWSVolumeSpec, opts Options) (*Provider
 	}
 	if opts.Credentials != nil {
 		loadOpts = append(loadOpts, awsconfig.WithCredentialsProvider(opts.Credentials))
-	}
-	if opts.HTTPClient != nil {
-		loadOpts = append(loadOpts, awsconfig.WithHTTPClient(opts.HTTPClient))
 	}
 	acfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
