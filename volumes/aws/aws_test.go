@@ -427,3 +427,19 @@ func TestListPagesAndSorts(t *testing.T) {
 		t.Fatalf("DescribeVolumes called %d times, want 5 (one volume per page)", n)
 	}
 }
+
+// TestNewNamesTheMetadataService: an instance metadata service that does not
+// know the instance (404) is an error naming the path and the endpoint.
+func TestNewNamesTheMetadataService(t *testing.T) {
+	e := newEnv(t, ec2local.NoDevice, 0)
+	md := httptest.NewServer(e.srv.IMDSHandler("i-0000000000000dead"))
+	t.Cleanup(md.Close)
+	_, err := awsvol.New(ctxT(t), config.AWSVolumeSpec{EC2Endpoint: e.ec2URL, IMDSEndpoint: md.URL}, awsvol.Options{
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", ""),
+	})
+	for _, want := range []string{"instance-id", md.URL} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("New with an IMDS that does not know the instance = %v, want an error naming %q", err, want)
+		}
+	}
+}
