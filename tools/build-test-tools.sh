@@ -4,8 +4,8 @@
 #
 #   TOOLS_DIR (default /var/cache/kopsnode-test-tools) holds:
 #     bin/minio, bin/fake-gcs-server, bin/coredns
-#     etcd/v<version>/etcd      one directory per etcd version, as etcd-manager
-#                               expects in production
+#     etcd/v<version>/{etcd,etcdutl}  one directory per etcd version, as
+#                               etcd-manager expects in production
 #     kubernetes/v<version>/{kube-apiserver,kube-controller-manager,
 #                            kube-scheduler,kube-proxy,kubelet,kubectl}
 #     containerd/v<version>/bin/{containerd,containerd-shim-runc-v2,ctr}
@@ -141,6 +141,39 @@ GO
 	)
 	place "$out" "$dir" "$ver"
 	log "$(first_line "$("$dir/etcd" --version)") (built in $((SECONDS - start))s)"
+}
+
+# build_etcdutl VERSION: builds etcdutl VERSION (etcd-manager restores
+# snapshots with `etcdutl snapshot restore`) into etcd/vVERSION/etcdutl,
+# beside etcd. The command is the root package of its module, so the tiny
+# module names it in a tool directive and builds it by path. It has its own
+# stamp and is moved in as one file: rebuilding it never removes the etcd
+# binary that running tests use.
+build_etcdutl() {
+	local ver="$1"
+	local dir="$TOOLS_DIR/etcd/v$ver"
+	local stamp="$dir/.etcdutl.version"
+	if [[ -x "$dir/etcdutl" && "$(cat "$stamp" 2>/dev/null)" == "$ver" ]]; then
+		log "etcdutl $ver: cached"
+		return
+	fi
+	log "etcdutl $ver: building"
+	local src out start=$SECONDS
+	new_tmp "etcdutl-src"
+	src="$NEW_TMP"
+	new_tmp "etcdutl"
+	out="$NEW_TMP"
+	(
+		cd "$src"
+		go mod init etcdutlbuild >/dev/null 2>&1
+		GOFLAGS=-mod=mod go get -tool "go.etcd.io/etcd/etcdutl/v3@v$ver" >/dev/null 2>&1
+		CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" go build -o "$out/etcdutl" go.etcd.io/etcd/etcdutl/v3
+	)
+	mkdir -p "$dir"
+	chmod 755 "$out/etcdutl"
+	mv -f "$out/etcdutl" "$dir/etcdutl"
+	echo "$ver" >"$stamp"
+	log "etcdutl: $(first_line "$("$dir/etcdutl" version)") (built in $((SECONDS - start))s)"
 }
 
 # build_kubernetes: the Kubernetes commands, through a wrapper module that
@@ -285,7 +318,10 @@ all)
 	go_install github.com/minio/minio "$MINIO_VERSION" minio
 	go_install github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION" fake-gcs-server
 	go_install github.com/coredns/coredns "$COREDNS_VERSION" coredns
-	for v in $ETCD_VERSIONS; do build_etcd "$v"; done
+	for v in $ETCD_VERSIONS; do
+		build_etcd "$v"
+		build_etcdutl "$v"
+	done
 	build_kubernetes
 	build_containerd
 	build_runc
@@ -295,7 +331,10 @@ all)
 minio) go_install github.com/minio/minio "$MINIO_VERSION" minio ;;
 fake-gcs-server) go_install github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION" fake-gcs-server ;;
 coredns) go_install github.com/coredns/coredns "$COREDNS_VERSION" coredns ;;
-etcd) for v in $ETCD_VERSIONS; do build_etcd "$v"; done ;;
+etcd) for v in $ETCD_VERSIONS; do
+	build_etcd "$v"
+	build_etcdutl "$v"
+done ;;
 kubernetes) build_kubernetes ;;
 containerd) build_containerd ;;
 runc) build_runc ;;

@@ -318,12 +318,16 @@ func localEtcd(e config.EtcdClusterSpec) string {
 	return "https://127.0.0.1:" + strconv.Itoa(e.ClientPort)
 }
 
-// EtcdBinDirRoot holds one v<version>/etcd per installed etcd version; it
-// is etcd-manager's --etcd-bin-dir-root.
+// EtcdBinDirRoot holds one v<version>/{etcd,etcdutl} per installed etcd
+// version; it is etcd-manager's --etcd-bin-dir-root.
 const EtcdBinDirRoot = "/opt/etcd"
 
 // EtcdBin is where the etcd binary of a version is installed.
 func EtcdBin(version string) string { return EtcdBinDirRoot + "/v" + version + "/etcd" }
+
+// EtcdutlBin is where the etcdutl binary of a version is installed, beside
+// etcd: etcd-manager restores snapshots with it (etcdprocess.UtilPath).
+func EtcdutlBin(version string) string { return EtcdBinDirRoot + "/v" + version + "/etcdutl" }
 
 // etcdVersions are the etcd versions the configuration names, in order.
 func etcdVersions(s config.NodeConfigSpec) []string {
@@ -337,7 +341,9 @@ func etcdVersions(s config.NodeConfigSpec) []string {
 }
 
 // etcdBinariesBuilder installs every etcd version the configuration names,
-// from the pinned etcd-<version> assets, where etcd-manager runs them.
+// from the pinned etcd-<version> and etcdutl-<version> assets, where
+// etcd-manager runs them. Like etcd's binary, etcdutl restarts nothing: the
+// manager runs it afresh for each restore.
 type etcdBinariesBuilder struct{}
 
 func (etcdBinariesBuilder) Name() string { return "etcd" }
@@ -353,6 +359,13 @@ func (etcdBinariesBuilder) Build(in *Input, c *Collector) error {
 			return err
 		}
 		if err := c.Add(&tasks.Install{Path: EtcdBin(v), Asset: a, Mode: 0o755}); err != nil {
+			return err
+		}
+		u, err := c.Asset(config.EtcdutlAssetName(v))
+		if err != nil {
+			return err
+		}
+		if err := c.Add(&tasks.Install{Path: EtcdutlBin(v), Asset: u, Mode: 0o755}); err != nil {
 			return err
 		}
 	}

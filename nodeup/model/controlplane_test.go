@@ -103,7 +103,7 @@ func TestAPIServingCertificateNames(t *testing.T) {
 }
 
 func TestControlPlaneNeedsItsAssets(t *testing.T) {
-	for _, name := range []string{"kube-apiserver", "kubectl", "etcd-3.6.16"} {
+	for _, name := range []string{"kube-apiserver", "kubectl", "etcd-3.6.16", "etcdutl-3.6.16"} {
 		n := load(t, "control-plane")
 		n.Spec.Assets = slices.DeleteFunc(n.Spec.Assets, func(a config.Asset) bool { return a.Name == name })
 		_, err := Build(&Input{Config: n})

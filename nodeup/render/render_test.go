@@ -323,7 +323,7 @@ func checkStore(t *testing.T, st store.Store, m *mirror, res *Result) {
 			}
 		}
 	}
-	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd-manager", "etcd-3.6.16"} {
+	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd-manager", "etcd-3.6.16", "etcdutl-3.6.16"} {
 		if asset(nodes, name) != nil {
 			t.Errorf("the worker configuration has control-plane asset %s", name)
 		}

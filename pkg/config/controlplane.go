@@ -52,15 +52,21 @@ func DefaultAPIServerName(clusterName string) string {
 // version ("etcd-3.6.16").
 func EtcdAssetName(version string) string { return "etcd-" + version }
 
+// EtcdutlAssetName is the name of the asset holding the etcdutl binary of
+// an etcd version ("etcdutl-3.6.16"): etcd-manager restores snapshots with
+// it, so it is installed beside etcd.
+func EtcdutlAssetName(version string) string { return "etcdutl-" + version }
+
 // ControlPlaneAssets are the assets every control-plane node needs besides
-// the node's own, one etcd-<version> per version its etcd clusters name.
+// the node's own, one etcd-<version> and one etcdutl-<version> per version
+// its etcd clusters name.
 func (s NodeConfigSpec) ControlPlaneAssets() []string {
 	names := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"}
 	seen := map[string]bool{}
 	for _, e := range s.EtcdClusters {
 		if e.Version != "" && !seen[e.Version] {
 			seen[e.Version] = true
-			names = append(names, EtcdAssetName(e.Version))
+			names = append(names, EtcdAssetName(e.Version), EtcdutlAssetName(e.Version))
 		}
 	}
 	return names

@@ -67,7 +67,7 @@ func TestValidateControlPlane(t *testing.T) {
 
 func TestControlPlaneAssets(t *testing.T) {
 	s := NodeConfigSpec{EtcdClusters: []EtcdClusterSpec{{Name: "main", Version: "3.6.16"}, {Name: "events", Version: "3.6.16"}, {Name: "x", Version: "3.5.21"}}}
-	want := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd-3.6.16", "etcd-3.5.21"}
+	want := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd-3.6.16", "etcdutl-3.6.16", "etcd-3.5.21", "etcdutl-3.5.21"}
 	if got := s.ControlPlaneAssets(); !slices.Equal(got, want) {
 		t.Errorf("ControlPlaneAssets = %v, want %v", got, want)
 	}

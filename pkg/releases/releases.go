@@ -157,6 +157,10 @@ func kopsnodeFile(name, version string, controlPlane bool) File {
 // EtcdAssetPrefix starts the asset name of an etcd binary (etcd-<version>).
 const EtcdAssetPrefix = "etcd-"
 
+// EtcdutlAssetPrefix starts the asset name of an etcdutl binary
+// (etcdutl-<version>), which etcd-manager restores snapshots with.
+const EtcdutlAssetPrefix = "etcdutl-"
+
 // ImageAssetPrefix starts the asset name of an image tarball.
 const ImageAssetPrefix = "image-"
 
@@ -174,7 +178,7 @@ func ImageFile(im Image) File {
 var kopsnodeVersionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$`)
 
 // Files returns the files nodes of this release download: the node's own
-// and, marked ControlPlane, the control plane's, with etcd at each of
+// and, marked ControlPlane, the control plane's, with etcd and etcdutl at each of
 // etcdVersions (which the release must allow), kopsnode's protokube and
 // etcd-manager at kopsnodeVersion, and the images. Each path is relative
 // to the mirror base.
@@ -212,7 +216,9 @@ func (r Release) Files(kopsnodeVersion string, etcdVersions []string) ([]File, e
 		if !r.AllowsEtcd(v) {
 			return nil, fmt.Errorf("etcd %q is not allowed with Kubernetes %s (allowed: %s)", v, r.Kubernetes, strings.Join(r.Etcd, ", "))
 		}
-		files = append(files, File{Asset: EtcdAssetPrefix + v, Path: path.Join("etcd", "v"+v, "etcd"), Part: Part{Component: "etcd", Name: "etcd", Version: v}, ControlPlane: true})
+		files = append(files,
+			File{Asset: EtcdAssetPrefix + v, Path: path.Join("etcd", "v"+v, "etcd"), Part: Part{Component: "etcd", Name: "etcd", Version: v}, ControlPlane: true},
+			File{Asset: EtcdutlAssetPrefix + v, Path: path.Join("etcd", "v"+v, "etcdutl"), Part: Part{Component: "etcd", Name: "etcdutl", Version: v}, ControlPlane: true})
 	}
 	for i := range files {
 		files[i].SHA256 = r.SHA256[files[i].Path]

@@ -85,6 +85,7 @@ func TestFilesLayoutAndRoles(t *testing.T) {
 		"kubectl":                 {"kubernetes/v1.37.2/bin/linux/amd64/kubectl", true},
 		"etcd-manager":            {"kopsnode/1.2.3/etcd-manager", true},
 		"etcd-3.6.16":             {"etcd/v3.6.16/etcd", true},
+		"etcdutl-3.6.16":          {"etcd/v3.6.16/etcdutl", true},
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d assets, want %d: %v", len(got), len(want), got)
@@ -154,7 +155,7 @@ func TestWriteMirror(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(files) != 14+len(r.Etcd) {
+	if len(files) != 14+2*len(r.Etcd) {
 		t.Errorf("%d files in the layout", len(files))
 	}
 	for _, f := range files {

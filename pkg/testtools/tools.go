@@ -47,6 +47,17 @@ func EtcdBinDir(t testing.TB, version string) string {
 	return filepath.Dir(p)
 }
 
+// EtcdutlBin returns the path of the etcdutl binary of a version, which
+// make tools builds beside etcd (etcd/v<version>/etcdutl).
+func EtcdutlBin(t testing.TB, version string) string {
+	t.Helper()
+	p := filepath.Join(EtcdVersionsDir(), "v"+version, "etcdutl")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("etcdutl %s not found at %s: run `make tools` (TOOLS_DIR=%s)", version, p, Dir())
+	}
+	return p
+}
+
 // EtcdVersionsDir is the directory with one v<version>/ directory per etcd version.
 func EtcdVersionsDir() string { return filepath.Join(Dir(), "etcd") }
 

@@ -53,6 +53,7 @@ func StandardAssets(t testing.TB, version string) []Asset {
 		{Name: "kube-scheduler", Data: []byte(Script("kube-scheduler " + version))},
 		{Name: "kubectl", Data: []byte(Script("kubectl " + version))},
 		{Name: "etcd-3.6.16", Data: []byte(Script("etcd 3.6.16 " + version))},
+		{Name: "etcdutl-3.6.16", Data: []byte(Script("etcdutl 3.6.16 " + version))},
 		{Name: "containerd", Extract: true, Data: testtools.TarGz(t, map[string]string{
 			"bin/containerd":              Script("containerd " + version),
 			"bin/containerd-shim-runc-v2": Script("shim " + version),

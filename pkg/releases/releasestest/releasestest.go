@@ -36,7 +36,7 @@ func Source(t testing.TB, kopsnode map[string][]byte) func(releases.Part) ([]byt
 		case "cni-plugins":
 			path = filepath.Join(testtools.CNIPluginDir(t), p.Name)
 		case "etcd":
-			path = filepath.Join(testtools.EtcdBinDir(t, p.Version), "etcd")
+			path = filepath.Join(testtools.EtcdBinDir(t, p.Version), p.Name) // etcd or etcdutl
 		case "image":
 			path = testtools.ImageTar(t, p.Name)
 		case "kopsnode":

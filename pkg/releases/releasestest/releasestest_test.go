@@ -20,6 +20,7 @@ func TestMirrorFromTestTools(t *testing.T) {
 	for rel, part := range map[string]string{
 		"kubernetes/v" + testtools.KubernetesVersion + "/bin/linux/amd64/kubelet": parts.KubernetesPath("kubelet"),
 		"etcd/v3.6.16/etcd":         parts.EtcdPath("3.6.16"),
+		"etcd/v3.7.3/etcdutl":       parts.EtcdutlPath("3.7.3"),
 		"images/testapp.tar":        parts.ImagePath("testapp"),
 		"runc/v1.4.4/runc.amd64":    parts.RuncPath(),
 		"images/pause-3.10.1.tar":   parts.ImagePath("pause"),

@@ -83,6 +83,9 @@ func ToolPath(name string) string { return filepath.Join("bin", name) }
 // EtcdPath is etcd/v<version>/etcd.
 func EtcdPath(version string) string { return filepath.Join("etcd", "v"+version, "etcd") }
 
+// EtcdutlPath is etcd/v<version>/etcdutl, beside etcd as nodeup installs it.
+func EtcdutlPath(version string) string { return filepath.Join("etcd", "v"+version, "etcdutl") }
+
 // KubernetesPath is kubernetes/v<KubernetesVersion>/<name>.
 func KubernetesPath(name string) string {
 	return filepath.Join("kubernetes", "v"+KubernetesVersion, name)
@@ -134,6 +137,7 @@ func Expected(etcdVersions []string) []Part {
 	add("coredns", CoreDNSVersion, ToolPath("coredns"), "")
 	for _, v := range etcdVersions {
 		add("etcd", v, EtcdPath(v), "")
+		add("etcdutl", v, EtcdutlPath(v), "")
 	}
 	for _, n := range KubernetesBinaries() {
 		add(n, KubernetesVersion, KubernetesPath(n), "")

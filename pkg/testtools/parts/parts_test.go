@@ -92,6 +92,7 @@ func TestExpectedLayout(t *testing.T) {
 		"runc/v1.4.4/runc":                   {Name: "runc", Version: "1.4.4"},
 		"cni/v1.10.0/host-local":             {Name: "host-local", Version: "1.10.0"},
 		"etcd/v3.5.21/etcd":                  {Name: "etcd", Version: "3.5.21"},
+		"etcd/v3.5.21/etcdutl":               {Name: "etcdutl", Version: "3.5.21"},
 		"images/pause.tar":                   {Name: "pause", Version: "3.10.1", Image: PauseImage},
 		"images/coredns.tar":                 {Name: "coredns", Version: "v1.15.0", Image: CoreDNSImage},
 		"images/testapp.tar":                 {Name: "testapp", Version: "v1", Image: TestappImage},
@@ -143,7 +144,7 @@ func TestScanWriteRead(t *testing.T) {
 	if len(m.Parts) != 2 {
 		t.Fatalf("parts %+v, want kubelet and pause", m.Parts)
 	}
-	if len(missing) != len(Expected([]string{"3.7.3"}))-2 || !slices.Contains(missing, EtcdPath("3.7.3")) {
+	if len(missing) != len(Expected([]string{"3.7.3"}))-2 || !slices.Contains(missing, EtcdPath("3.7.3")) || !slices.Contains(missing, EtcdutlPath("3.7.3")) {
 		t.Errorf("missing %v", missing)
 	}
 	if err := WriteManifest(dir, Manifest{Parts: []Part{{Name: "old"}}}); err != nil {
