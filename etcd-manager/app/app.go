@@ -82,6 +82,8 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
 	fs.DurationVar(&f.cfg.Backups.Interval, "backup-interval", d.Backups.Interval, "interval of the leader's scheduled full backups (0: none; backups before membership changes and backup-now still run)")
 	fs.StringVar(&f.backupStore, "backup-store", "", "store URL the backups go to, with the --store settings (default: the state store)")
+	fs.IntVar(&f.cfg.Backups.Retention.HourlyDays, "backup-retention-hourly-days", d.Backups.Retention.HourlyDays, "keep one full backup per hour for this many days (everything from the last hour is always kept)")
+	fs.IntVar(&f.cfg.Backups.Retention.DailyDays, "backup-retention-daily-days", d.Backups.Retention.DailyDays, "keep one full backup per day for this many days")
 	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "listen address of /healthz, /metrics and /status (default 127.0.0.1:3991 main, 127.0.0.1:3992 events)")
 	f.log.AddFlags(fs)

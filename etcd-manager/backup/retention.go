@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/kopsnode/agents/pkg/config"
 )
 
 // Retention keeps, of the full backups:
@@ -38,12 +40,13 @@ const RecentWindow = time.Hour
 // still be in progress.
 const IncompleteAfter = 24 * time.Hour
 
-// Default retention, in days.
+// Default retention, in days: pkg/config's, the one home of the
+// defaults of etcdClusters[].backups.retention.
 const (
-	DefaultHourlyDays = 7
-	DefaultDailyDays  = 90
+	DefaultHourlyDays = config.DefaultRetentionHourlyDays
+	DefaultDailyDays  = config.DefaultRetentionDailyDays
 	// MaxRetentionDays bounds both settings (ten years).
-	MaxRetentionDays = 3650
+	MaxRetentionDays = config.MaxRetentionDays
 )
 
 // Policy is how long full backups are kept beyond RecentWindow.

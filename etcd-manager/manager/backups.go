@@ -26,11 +26,17 @@ type BackupConfig struct {
 	// FreshBeforeChange: a membership change goes ahead only after a
 	// backup attempt that started at most this long ago has finished.
 	FreshBeforeChange time.Duration
+	// Retention is how long backups are kept (backup.Retain); the
+	// node configuration's backups.retention.
+	Retention backup.Policy
+	// RetentionInterval is how often the leader applies retention besides
+	// after each good full backup (default an hour).
+	RetentionInterval time.Duration
 }
 
 // DefaultBackupConfig is a backup every 15 minutes into the state store.
 func DefaultBackupConfig() BackupConfig {
-	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute}
+	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute, Retention: backup.DefaultPolicy(), RetentionInterval: time.Hour}
 }
 
 // Validate returns every problem, naming the field.
@@ -41,6 +47,12 @@ func (b BackupConfig) Validate() error {
 	}
 	if b.FreshBeforeChange <= 0 {
 		errs = append(errs, fmt.Errorf("backups.freshBeforeChange: %s must be positive", b.FreshBeforeChange))
+	}
+	if err := b.Retention.Validate("backups.retention"); err != nil {
+		errs = append(errs, err)
+	}
+	if b.RetentionInterval <= 0 {
+		errs = append(errs, fmt.Errorf("backups.retentionInterval: %s must be positive", b.RetentionInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -90,6 +102,8 @@ type backupRunner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	reqs   chan backupRequest
+	// retain asks the term's retention goroutine for a pass (retention.go).
+	retain chan struct{}
 }
 
 // backupSource is what the last reconcile knew about the cluster: the
@@ -131,6 +145,8 @@ type BackupStatus struct {
 	FailureReason string    `json:"failureReason,omitempty"`
 	// NextScheduled is when the leader takes the next scheduled backup.
 	NextScheduled time.Time `json:"nextScheduled,omitzero"`
+	// Retention is the retention policy and this instance's last pass.
+	Retention *RetentionStatus `json:"retention,omitempty"`
 }
 
 // BackupSummary names one backup.
@@ -171,7 +187,7 @@ func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
 		return
 	}
 	ctx, cancel := context.WithCancel(m.loopCtx)
-	r = &backupRunner{term: term, cancel: cancel, done: make(chan struct{}), reqs: make(chan backupRequest, 16)}
+	r = &backupRunner{term: term, cancel: cancel, done: make(chan struct{}), reqs: make(chan backupRequest, 16), retain: make(chan struct{}, 1)}
 	m.mu.Lock()
 	m.backupRunner = r
 	m.backups.attemptStart, m.backups.attemptEnd, m.backups.requested, m.backups.askedAt = time.Time{}, time.Time{}, false, time.Time{}
@@ -278,6 +294,8 @@ func (m *Manager) runBackups(ctx context.Context, r *backupRunner, prev <-chan s
 		m.logger.Warn("cleaning the backup spool directory", "dir", m.spoolDir(), "err", err)
 	}
 	m.loadLastGood(ctx)
+	m.backupWG.Add(1)
+	go m.runRetention(ctx, r)
 	// notBefore delays a scheduled backup while the cluster is not known
 	// yet (not created, or this term's first reconcile has not run).
 	var notBefore time.Time
@@ -391,6 +409,11 @@ func (m *Manager) takeBackup(ctx context.Context, term int64, req backupRequest)
 	}
 	m.mu.Unlock()
 	if err == nil {
+		m.mu.Lock()
+		if r := m.backupRunner; r != nil && r.term == term {
+			r.nudgeRetention()
+		}
+		m.mu.Unlock()
 		m.met.backupDone(meta, end.Sub(start))
 		m.logger.Info("took a full backup", "backup", meta.Name, "reason", req.reason, "revision", meta.Revision, "keys", meta.KeyCount,
 			"dbBytes", meta.DBSize, "storedBytes", meta.StoredSize, "took", end.Sub(start).Round(time.Millisecond), "store", m.backupStore().URL())
@@ -449,6 +472,7 @@ func (m *Manager) backupStatusLocked() *BackupStatus {
 	if m.backupRunner != nil {
 		s.NextScheduled = b.nextScheduled
 	}
+	s.Retention = m.retentionStatusLocked()
 	if g := b.lastGood; g != nil {
 		s.LastGood = &BackupSummary{Name: g.Name, Started: g.Started, Revision: g.Revision, StoredSize: g.StoredSize}
 	}

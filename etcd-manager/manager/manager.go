@@ -87,6 +87,8 @@ type Manager struct {
 	backupRunner *backupRunner
 	backupSrc    *backupSource
 	backups      backupState
+	// retention is the leader's memory of its retention passes.
+	retention retentionState
 }
 
 // Start validates cfg, loads the identity, issues certificates, serves

@@ -194,6 +194,9 @@ type metrics struct {
 	backupFailures *prometheus.CounterVec
 	mu             sync.Mutex // guards lastVer
 	lastVer        string
+
+	// Retention (retention.go).
+	retention *retentionMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
@@ -233,6 +236,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 	})
 	mt.cs = []prometheus.Collector{mt.isLeader, mt.members, mt.healthy, mt.version, since,
 		mt.backupDuration, mt.backupSize, mt.backupsTotal, mt.backupBytes, mt.backupFailures, age}
+	mt.retention = newRetentionMetrics(labels)
+	mt.cs = append(mt.cs, mt.retention.collectors()...)
 	if m.cfg.APIServerClientCertDir != "" {
 		mt.apiserverExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_apiserver_client_cert_expiry_timestamp_seconds",
 			Help: "NotAfter (Unix seconds) of the API server's etcd client certificate this instance keeps; 0 until there is one.", ConstLabels: labels})

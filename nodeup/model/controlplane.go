@@ -396,6 +396,14 @@ func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) []string {
 	if e.Backups.Store != "" {
 		args = append(args, "--backup-store="+e.Backups.Store)
 	}
+	// Retention: unset days are etcd-manager's defaults (the same
+	// constants as pkg/config's).
+	if d := e.Backups.Retention.HourlyDays; d != nil {
+		args = append(args, fmt.Sprintf("--backup-retention-hourly-days=%d", *d))
+	}
+	if d := e.Backups.Retention.DailyDays; d != nil {
+		args = append(args, fmt.Sprintf("--backup-retention-daily-days=%d", *d))
+	}
 	return args
 }
 

@@ -17,6 +17,12 @@ const (
 	DefaultGossipPort        = 3996
 	DefaultGossipSeeds       = SeedsStore
 	DefaultDNSListen         = "127.0.0.2:53"
+	// Backup retention, in days (etcdClusters[].backups.retention). Left
+	// unset (not defaulted here, so the hash of existing configurations
+	// stays), they are etcd-manager's flag defaults, which are these.
+	DefaultRetentionHourlyDays = 7
+	DefaultRetentionDailyDays  = 90
+	MaxRetentionDays           = 3650
 	// DefaultControlPlaneAPIServer is where kubelets on control-plane nodes
 	// reach the API server: the one on the same machine.
 	DefaultControlPlaneAPIServer = "https://127.0.0.1"

@@ -313,6 +313,22 @@ type BackupSpec struct {
 	Interval string `yaml:"interval,omitempty" json:"interval,omitempty"`
 	// Store overrides the backup location (default: the state store).
 	Store string `yaml:"store,omitempty" json:"store,omitempty"`
+	// Retention says how long full backups and delta segments are kept
+	// (docs/etcd-manager.md, "Retention").
+	Retention RetentionSpec `yaml:"retention,omitempty" json:"retention,omitzero"`
+}
+
+// RetentionSpec is the backup retention of an etcd cluster: everything
+// from the last hour is kept, then one full backup per hour for HourlyDays
+// and one per day for DailyDays; the newest verified backup is never
+// deleted.
+type RetentionSpec struct {
+	// HourlyDays (0 to 3650; 0 keeps no hourly backups). Unset: 7
+	// (DefaultRetentionHourlyDays, etcd-manager's default).
+	HourlyDays *int `yaml:"hourlyDays,omitempty" json:"hourlyDays,omitempty"`
+	// DailyDays (0 to 3650; 0 keeps no daily backups). Unset: 90
+	// (DefaultRetentionDailyDays).
+	DailyDays *int `yaml:"dailyDays,omitempty" json:"dailyDays,omitempty"`
 }
 
 // GossipSpec configures gossip membership and DNS.

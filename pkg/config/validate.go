@@ -286,6 +286,14 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		if e.Backups.Store != "" {
 			v.storeURL(p+".backups.store", e.Backups.Store)
 		}
+		for _, r := range []struct {
+			name string
+			v    *int
+		}{{"hourlyDays", e.Backups.Retention.HourlyDays}, {"dailyDays", e.Backups.Retention.DailyDays}} {
+			if r.v != nil && (*r.v < 0 || *r.v > MaxRetentionDays) {
+				v.add(p+".backups.retention."+r.name, fmt.Sprintf("%d is out of range (0 to %d)", *r.v, MaxRetentionDays))
+			}
+		}
 	}
 	return ports
 }

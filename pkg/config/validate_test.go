@@ -110,6 +110,8 @@ func TestValidateNodeConfig(t *testing.T) {
 		{"backup interval syntax", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "15" }, "spec.etcdClusters[0].backups.interval", `"15" is not a duration`},
 		{"backup interval too short", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "59s" }, "spec.etcdClusters[0].backups.interval", "shorter than the minimum of 1m"},
 		{"backup store", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Store = "https://bucket" }, "spec.etcdClusters[0].backups.store", "not a state store URL"},
+		{"backup retention hourly", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Retention.HourlyDays = new(-1) }, "spec.etcdClusters[0].backups.retention.hourlyDays", "-1 is out of range (0 to 3650)"},
+		{"backup retention daily", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[1].Backups.Retention.DailyDays = new(3651) }, "spec.etcdClusters[1].backups.retention.dailyDays", "3651 is out of range (0 to 3650)"},
 		{"backup store bucket", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Store = "s3:///prefix" }, "spec.etcdClusters[0].backups.store", "names no bucket"},
 		{"volume size", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Volume.SizeGiB = -5 }, "spec.etcdClusters[0].volume.sizeGiB", "out of range"},
 		{"volume device outside /dev", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[1].Volume.Device = "/tmp/disk" }, "spec.etcdClusters[1].volume.device", "not a clean device path under /dev/"},
