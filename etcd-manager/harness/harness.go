@@ -106,12 +106,15 @@ func New(t testing.TB, opts Options) *Cluster {
 	base := t.TempDir()
 	binRoot := filepath.Join(base, "etcd-bin")
 	for _, v := range opts.Versions {
-		src := filepath.Join(testtools.EtcdBinDir(t, v), "etcd")
 		dir := filepath.Join(binRoot, "v"+v)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Symlink(src, filepath.Join(dir, "etcd")); err != nil {
+		// etcd and etcdutl (restores), as nodeup installs them.
+		if err := os.Symlink(filepath.Join(testtools.EtcdBinDir(t, v), "etcd"), filepath.Join(dir, "etcd")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(testtools.EtcdutlBin(t, v), filepath.Join(dir, "etcdutl")); err != nil {
 			t.Fatal(err)
 		}
 	}
