@@ -298,3 +298,36 @@ func TestActionString(t *testing.T) {
 		t.Errorf("%s %s", ActAddLearner, Action(99))
 	}
 }
+
+func TestLeaseIntent(t *testing.T) {
+	three := infos(idleInfo("m1"), idleInfo("m2"), idleInfo("m3"))
+	for _, tc := range []struct {
+		name          string
+		self          string
+		infos         map[string]peer.Info
+		members       int
+		holding       bool
+		expiredHolder string
+		want          bool
+		stepDown      bool
+	}{
+		{name: "lowest ID is the candidate", self: "m1", infos: three, members: 3, want: true},
+		{name: "others wait", self: "m2", infos: three, members: 3},
+		{name: "holder keeps it", self: "m3", infos: three, members: 3, holding: true, want: true},
+		{name: "dead lowest ID left out by gather", self: "m2", infos: infos(idleInfo("m2"), idleInfo("m3")), members: 3, want: true},
+		{name: "expired holder still answering is passed over", self: "m2", infos: three, members: 3, expiredHolder: "m1", want: true},
+		{name: "expired holder of a higher ID changes nothing", self: "m1", infos: three, members: 3, expiredHolder: "m3", want: true},
+		{name: "no quorum: step down even when holding", self: "m1", infos: infos(idleInfo("m1")), members: 3, holding: true, stepDown: true},
+		{name: "single member", self: "m1", infos: infos(idleInfo("m1")), members: 1, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, why := leaseIntent(tc.self, tc.infos, tc.members, tc.holding, tc.expiredHolder)
+			if want != tc.want || (why != "") != tc.stepDown {
+				t.Fatalf("leaseIntent = %v, %q; want %v, step down %v", want, why, tc.want, tc.stepDown)
+			}
+			if tc.stepDown && !strings.Contains(why, "only 1 of the 2 peers needed for a quorum") {
+				t.Errorf("step-down reason %q", why)
+			}
+		})
+	}
+}

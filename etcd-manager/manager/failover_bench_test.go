@@ -8,21 +8,30 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/etcd-manager/harness"
+	"github.com/kopsnode/agents/etcd-manager/manager"
 )
 
-// BenchmarkFailover measures the time from killing the leader's machine
-// (manager and etcd) until another instance leads and the cluster accepts a
-// write, with the harness's short timings (lease 2s, tick 500ms). Run with
+// BenchmarkFailover measures, with the production defaults of tick, lease
+// and peer timeout (manager.DefaultConfig: 2 s, 6 s, 2 s), the time from
+// the leader's machine dying until another instance leads
+// (s-to-new-leader/op) and until the two remaining members accept a write
+// (s-to-write/op). The machine dies as a real one does: every packet to
+// and from its address is dropped first (its peers wait out their timeout
+// rather than being refused), then its manager and etcd are killed.
+// Target: a new leader within 10 s. Needs root (iptables). Run with
 // go test ./etcd-manager/manager -run '^$' -bench Failover -benchtime 3x
 func BenchmarkFailover(b *testing.B) {
-	c := harness.New(b, harness.Options{IPPrefix: "127.44.20", Versions: []string{version}})
+	d := manager.DefaultConfig("test.k8s.local", "main")
+	c := harness.New(b, harness.Options{IPPrefix: "127.44.20", Versions: []string{version},
+		Tick: d.Tick, LeaseDuration: d.LeaseDuration,
+		Mutate: func(cfg *manager.Config) { cfg.PeerTimeout = d.PeerTimeout }})
 	c.SetSpec(3, version)
 	var ids []string
 	for i := 1; i <= 3; i++ {
 		ids = append(ids, c.Start(i).ID)
 	}
 	c.WaitMembers(converge, ids...)
-	var total, worst, elect time.Duration
+	var total, worst, elect, worstElect time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		old := c.WaitLeader(converge)
@@ -33,6 +42,7 @@ func BenchmarkFailover(b *testing.B) {
 			}
 		}
 		cl := c.Client(rest...)
+		heal := c.Partition(old)
 		start := time.Now()
 		c.Kill(old)
 		c.Eventually(converge, "new leader", func() error {
@@ -48,17 +58,21 @@ func BenchmarkFailover(b *testing.B) {
 			_, err := cl.Put(ctx, "/failover", strconv.Itoa(i))
 			return err
 		})
-		d := time.Since(start)
-		total += d
+		w := time.Since(start)
+		b.Logf("run %d: %s killed; new leader after %.1f s, write accepted after %.1f s", i, old, e.Seconds(), w.Seconds())
+		total += w
 		elect += e
-		worst = max(worst, d)
+		worst = max(worst, w)
+		worstElect = max(worstElect, e)
 		b.StopTimer()
+		heal()
 		n, _ := strconv.Atoi(old[1:])
 		c.Start(n)
 		c.WaitMembers(converge, ids...)
 		b.StartTimer()
 	}
 	b.ReportMetric((elect / time.Duration(b.N)).Seconds(), "s-to-new-leader/op")
+	b.ReportMetric(worstElect.Seconds(), "worst-s-to-new-leader")
 	b.ReportMetric((total / time.Duration(b.N)).Seconds(), "s-to-write/op")
 	b.ReportMetric(worst.Seconds(), "worst-s-to-write")
 }

@@ -38,6 +38,7 @@ type Manager struct {
 	ks     *pki.Keystore
 	certs  *certs
 	lease  *leader.Lease
+	elect  *election
 	server *peer.Server
 	client *peer.Client
 	met    *metrics
@@ -131,6 +132,7 @@ func Start(ctx context.Context, cfg Config) (*Manager, error) {
 		etcdClients:    map[string]*clientv3.Client{},
 		warnedCommands: map[string]bool{},
 		done:           make(chan struct{}),
+		elect:          newElection(),
 	}
 	if err := m.loadCAs(ctx); err != nil {
 		// A member can run on the certificates it issued before: etcd
@@ -357,6 +359,12 @@ func (m *Manager) closeClients() {
 // loop goes on.
 func (m *Manager) run(ctx context.Context) {
 	defer close(m.done)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		m.keepLease(ctx)
+	}()
+	defer func() { <-kept }()
 	t := time.NewTicker(m.cfg.Tick)
 	defer t.Stop()
 	for {
@@ -365,6 +373,7 @@ func (m *Manager) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-m.elect.wake:
 		}
 	}
 }
@@ -375,7 +384,7 @@ func (m *Manager) safeTick(ctx context.Context) {
 			m.logger.Error("reconcile panicked", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	tctx, cancel := context.WithTimeout(ctx, m.cfg.LeaseDuration)
+	tctx, cancel := context.WithTimeout(ctx, m.tickTimeout())
 	defer cancel()
 	if err := m.tick(tctx); err != nil && ctx.Err() == nil {
 		m.logger.Warn("reconcile", "err", err)

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -64,9 +63,11 @@ func (m *Manager) tick(ctx context.Context) error {
 		m.stepDown(ctx, "cannot read a valid spec")
 		return specErr
 	}
-	wasLeader, _ := m.lease.IsLeader()
-	if len(infos) < control.Quorum(spec.MemberCount) {
-		m.stepDown(ctx, fmt.Sprintf("only %d of the %d peers needed for a quorum are reachable", len(infos), control.Quorum(spec.MemberCount)))
+	wasLeader, heldTerm := m.lease.IsLeader()
+	want, why := leaseIntent(self.ID, infos, spec.MemberCount, wasLeader, m.expiredHolder())
+	m.elect.candidate.Store(want && !wasLeader)
+	if why != "" {
+		m.stepDown(ctx, why)
 		if _, err := m.lease.Observe(ctx); err != nil {
 			return err
 		}
@@ -74,30 +75,27 @@ func (m *Manager) tick(ctx context.Context) error {
 		m.markReconciled()
 		return nil
 	}
-	candidate := self.ID
-	for id := range infos {
-		if id < candidate {
-			candidate = id
-		}
-	}
-	var isLeader bool
-	var term int64
-	if candidate == self.ID || wasLeader {
+	// The keeper renews a held lease and observes it otherwise; the tick
+	// only takes it.
+	isLeader, term := wasLeader, heldTerm
+	if want && !wasLeader {
 		isLeader, term, err = m.lease.Acquire(ctx)
 		if err != nil {
 			m.setLeader(false, 0)
 			return err
 		}
-	} else if _, err := m.lease.Observe(ctx); err != nil {
-		return err
+		m.elect.candidate.Store(!isLeader)
 	}
-	if isLeader && !wasLeader {
-		m.logger.Info("became leader", "term", term, "reachablePeers", len(infos))
-		m.mu.Lock()
+	m.mu.Lock()
+	led := m.status.IsLeader
+	if isLeader && !led {
 		m.leaderSince = m.now()
-		m.mu.Unlock()
 	}
-	if !isLeader && wasLeader {
+	m.mu.Unlock()
+	if isLeader && !led {
+		m.logger.Info("became leader", "term", term, "reachablePeers", len(infos))
+	}
+	if !isLeader && led {
 		m.logger.Info("lost leadership")
 	}
 	m.setLeader(isLeader, term)
@@ -132,40 +130,6 @@ func (m *Manager) stepDown(ctx context.Context, why string) {
 		}
 	}
 	m.setLeader(false, 0)
-}
-
-// gather asks every discovered peer for its Info, in parallel; unreachable
-// peers are left out. The local instance is always in.
-func (m *Manager) gather(ctx context.Context, peers []discovery.Peer) map[string]peer.Info {
-	self, _ := m.Info(ctx)
-	out := map[string]peer.Info{self.ID: self}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, p := range peers {
-		if p.ID == self.ID {
-			continue
-		}
-		wg.Add(1)
-		go func(p discovery.Peer) {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout)
-			defer cancel()
-			info, err := m.client.Info(cctx, p.ManagerAddr)
-			if err != nil {
-				m.logger.Debug("peer unreachable", "peer", p.ID, "addr", p.ManagerAddr, "err", err)
-				return
-			}
-			if info.ID != p.ID {
-				m.logger.Warn("peer answers with another identity", "expected", p.ID, "got", info.ID, "addr", p.ManagerAddr)
-				return
-			}
-			mu.Lock()
-			out[p.ID] = info
-			mu.Unlock()
-		}(p)
-	}
-	wg.Wait()
-	return out
 }
 
 func sortedInfos(infos map[string]peer.Info) []peer.Info {
