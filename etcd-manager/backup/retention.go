@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/pkg/config"
 )
 
@@ -26,7 +27,9 @@ import (
 // to any moment of the last hour, and from the newest verified backup to
 // the newest durable revision, always has its whole chain. Older
 // segments are deleted; older moments are restorable to the kept full
-// backups' points only.
+// backups' points only. The newest segment (the chain's tail, which the
+// delta writer links to) is always kept, and so is the full backup a kept
+// chain starts from.
 //
 // The newest kept of each hour and each day is stable: once an hour is
 // over, no later backup falls into it, so a sequence of retention passes
@@ -87,6 +90,19 @@ type SegmentRef struct {
 	// Keys are its objects, in the order to delete them: the object whose
 	// presence makes the segment valid (its meta) first.
 	Keys []string `json:"keys"`
+	// Base is the full backup a chain's first segment continues; empty
+	// for the other segments. A kept chain start keeps its base.
+	Base string `json:"base,omitempty"`
+}
+
+// SegmentRefOf is the retention view of a delta segment.
+func SegmentRefOf(l control.Layout, m SegmentMeta) SegmentRef {
+	r := SegmentRef{Name: m.Name, FirstRevision: m.FirstRevision, LastRevision: m.LastRevision,
+		Keys: []string{SegmentMetaKey(l, m.Name), SegmentDataKey(l, m.Name)}}
+	if m.Prev.StoredSHA256 == "" {
+		r.Base = m.Base
+	}
+	return r
 }
 
 // Inventory is what is in the backup area.
@@ -109,6 +125,7 @@ const (
 	KeepNewest    = "newest (none verified)"
 	KeepPITRBase  = "point-in-time base"
 	KeepFuture    = "dated in the future"
+	KeepChainBase = "base of kept delta segments"
 )
 
 // Kept is a full backup retention keeps, with every reason it is kept for.
@@ -213,16 +230,6 @@ func Retain(inv Inventory, now time.Time, p Policy) RetentionPlan {
 			keep(f.Name, KeepDaily)
 		}
 	}
-	for _, f := range fulls {
-		if r := reasons[f.Name]; len(r) > 0 {
-			plan.Keep = append(plan.Keep, Kept{Name: f.Name, Reasons: r})
-		}
-	}
-	for i := len(fulls) - 1; i >= 0; i-- {
-		if len(reasons[fulls[i].Name]) == 0 {
-			plan.Delete = append(plan.Delete, fulls[i].Name)
-		}
-	}
 
 	for _, name := range inv.Incomplete {
 		t, err := TimeOf(name)
@@ -240,12 +247,35 @@ func Retain(inv Inventory, now time.Time, p Policy) RetentionPlan {
 			plan.SegmentsFrom = base.Revision
 		}
 	}
+	// The chain's tail (the newest segment) is kept whatever its
+	// revision: the leader's delta writer links the next segment to it.
+	var tail int64
 	for _, s := range inv.Segments {
-		if plan.SegmentsFrom > 0 && s.LastRevision > 0 && s.LastRevision <= plan.SegmentsFrom {
+		tail = max(tail, s.LastRevision)
+	}
+	byName := map[string]bool{}
+	for _, f := range fulls {
+		byName[f.Name] = true
+	}
+	for _, s := range inv.Segments {
+		if plan.SegmentsFrom > 0 && s.LastRevision > 0 && s.LastRevision <= plan.SegmentsFrom && s.LastRevision != tail {
 			plan.DeleteSegments = append(plan.DeleteSegments, s)
 			continue
 		}
 		plan.KeepSegments++
+		if s.Base != "" && byName[s.Base] {
+			keep(s.Base, KeepChainBase)
+		}
+	}
+	for _, f := range fulls {
+		if r := reasons[f.Name]; len(r) > 0 {
+			plan.Keep = append(plan.Keep, Kept{Name: f.Name, Reasons: r})
+		}
+	}
+	for i := len(fulls) - 1; i >= 0; i-- {
+		if len(reasons[fulls[i].Name]) == 0 {
+			plan.Delete = append(plan.Delete, fulls[i].Name)
+		}
 	}
 	sort.Slice(plan.DeleteSegments, func(a, b int) bool {
 		return plan.DeleteSegments[a].FirstRevision < plan.DeleteSegments[b].FirstRevision

@@ -163,6 +163,34 @@ func TestRetainProtectsNewestVerified(t *testing.T) {
 	}
 }
 
+// TestRetainChainBaseAndTail: a kept segment that starts a chain keeps
+// the full backup it continues; the newest segment is kept even when it
+// ends before the point-in-time base (no writes since).
+func TestRetainChainBaseAndTail(t *testing.T) {
+	now := simStart.Add(400 * 24 * time.Hour)
+	old := fakeMeta(simStart, 100)
+	base := fakeMeta(now.Add(-2*time.Hour), 500)
+	inv := backup.Inventory{
+		Fulls:    []backup.Meta{old, base},
+		Segments: []backup.SegmentRef{{Name: "start", FirstRevision: 101, LastRevision: 600, Base: old.Name}},
+	}
+	plan := backup.Retain(inv, now, backup.Policy{})
+	if len(plan.Delete) != 0 || plan.KeepSegments != 1 {
+		t.Fatalf("plan %+v; want %s kept as the base of the kept chain start", plan, old.Name)
+	}
+	inv = backup.Inventory{
+		Fulls: []backup.Meta{old, base},
+		Segments: []backup.SegmentRef{
+			{Name: "a", FirstRevision: 101, LastRevision: 200, Base: old.Name},
+			{Name: "tail", FirstRevision: 201, LastRevision: 300},
+		},
+	}
+	plan = backup.Retain(inv, now, backup.Policy{})
+	if len(plan.DeleteSegments) != 1 || plan.DeleteSegments[0].Name != "a" || !slices.Equal(plan.Delete, []string{old.Name}) {
+		t.Fatalf("plan %+v; want segment a and %s deleted, the tail kept", plan, old.Name)
+	}
+}
+
 func TestPolicyValidate(t *testing.T) {
 	if err := backup.DefaultPolicy().Validate("backups.retention"); err != nil {
 		t.Fatal(err)

@@ -107,12 +107,19 @@ func (m *Manager) applyRetention(ctx context.Context, term int64) {
 	st := m.backupStore()
 	lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
 	inv, invalid, err := backup.ReadInventory(lctx, st, m.layout)
+	var segs backup.SegmentListing
+	if err == nil {
+		segs, err = backup.ListSegments(lctx, st, m.layout)
+	}
 	cancel()
 	if err != nil {
 		m.retentionFailed(err)
 		return
 	}
-	for _, i := range invalid {
+	for _, s := range segs.Segments {
+		inv.Segments = append(inv.Segments, backup.SegmentRefOf(m.layout, s))
+	}
+	for _, i := range append(invalid, segs.Invalid...) {
 		m.logger.Warn("retention leaves an unusable backup alone", "backup", i.Name, "err", i.Error)
 	}
 	now := m.now()

@@ -124,6 +124,14 @@ func TestScheduledRetention(t *testing.T) {
 		}
 		return nil
 	})
+	// What retention left of the delta chain still links up.
+	if ls, err := backup.List(ctx, bst, c.Layout); err != nil {
+		t.Fatal(err)
+	} else if segs, err := backup.ListSegments(ctx, bst, c.Layout); err != nil {
+		t.Fatal(err)
+	} else if p := backup.CheckLinks(ls.Backups, segs.Segments); len(p) != 0 {
+		t.Fatalf("after retention the delta chain has problems: %v", p)
+	}
 	if n := metric(t, reg, "etcd_manager_retention_deleted_total", map[string]string{"kind": "full"}); n != 3 {
 		t.Fatalf("retention_deleted_total{kind=full} = %v, want 3", n)
 	}

@@ -443,3 +443,37 @@ func TestNewNamesTheMetadataService(t *testing.T) {
 		}
 	}
 }
+
+// TestAlreadyAttachedHere: a volume attached to this instance before the
+// provider ran (at /dev/sdf, as a launch template would) is used where it
+// is, without an AttachVolume call, and its name is not given to another.
+func TestAlreadyAttachedHere(t *testing.T) {
+	e := newEnv(t, ec2local.XenNaming, 0)
+	ctx := ctxT(t)
+	p, id := e.machine(t, zoneA)
+	vid := e.srv.AddVolume(zoneA, 1, map[string]string{"kubernetes.io/cluster/c1": "owned", awsvol.EtcdClusterTag: "main", awsvol.SlotTag: "main-1"})
+	if err := e.srv.AttachNow(vid, id, "/dev/sdf"); err != nil {
+		t.Fatal(err)
+	}
+	vols, err := p.List(ctx, "c1", "main")
+	if err != nil || len(vols) != 1 || vols[0].Attachment.State != volumes.AttachedHere {
+		t.Fatalf("List = %+v, %v; want %s attached here", vols, err, vid)
+	}
+	dev, err := p.Attach(ctx, vols[0])
+	if want := filepath.Join(e.devDir, id, "xvdf"); err != nil || dev != want {
+		t.Fatalf("Attach = %s, %v; want %s (Xen shows /dev/sdf as xvdf)", dev, err, want)
+	}
+	if n := e.srv.Calls("AttachVolume"); n != 0 {
+		t.Fatalf("AttachVolume called %d times for a volume attached here, want 0", n)
+	}
+	v2, err := p.Create(ctx, volumes.Selector{Cluster: "c1", EtcdCluster: "events", Slot: "events-1"}, config.VolumeSpec{SizeGiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Attach(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := e.srv.Volume(v2.ID); st.Device != "/dev/xvdg" {
+		t.Fatalf("second volume attached at %s, want /dev/xvdg (f is taken by /dev/sdf)", st.Device)
+	}
+}
