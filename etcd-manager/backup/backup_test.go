@@ -143,6 +143,14 @@ func checkBackup(t *testing.T, c *clientv3.Client, st store.Store, m backup.Meta
 	if m.EtcdVersion != sresp.Version {
 		t.Fatalf("meta etcd version %q, etcd says %q", m.EtcdVersion, sresp.Version)
 	}
+	// The meta carries the member's HashKV at the snapshot's revision.
+	hresp, err := c.HashKV(ctxT(t), c.Endpoints()[0], m.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.HashKV == nil || m.HashKV.Hash != hresp.Hash || m.HashKV.Revision != m.Revision || m.HashKV.CompactRevision != hresp.CompactRevision {
+		t.Fatalf("meta HashKV %+v, etcd says hash %d at revision %d (compact revision %d)", m.HashKV, hresp.Hash, m.Revision, hresp.CompactRevision)
+	}
 	// The stored object is gzip of etcd's snapshot format, and its hash
 	// and size are the meta's.
 	raw, _, err := store.ReadAll(ctxT(t), st, backup.DataKey(layout, m.Name))

@@ -57,6 +57,12 @@ type Meta struct {
 	// (compressed); Read checks them before it hands out any data.
 	StoredSize   int64  `json:"storedSize"`
 	StoredSHA256 string `json:"storedSHA256"`
+	// HashKV is etcd's HashKV of the member the snapshot came from at
+	// Revision, asked right after the snapshot; a test restore must give
+	// the same (package backup/verify). Absent from metas written before
+	// it existed, and when the member did not answer (the backup is good
+	// without it).
+	HashKV *HashKV `json:"hashKV,omitempty"`
 
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
@@ -67,6 +73,16 @@ type Meta struct {
 	Spec control.Spec `json:"spec"`
 	// Writer is the leader term that wrote the backup.
 	Writer Writer `json:"writer"`
+}
+
+// HashKV is etcd's hash of its key space at a revision (Maintenance.HashKV):
+// it covers every key revision up to Revision that compaction at
+// CompactRevision keeps, so two members (or a member and a restore of its
+// snapshot) with the same history and compaction point have the same hash.
+type HashKV struct {
+	Hash            uint32 `json:"hash"`
+	Revision        int64  `json:"revision"`
+	CompactRevision int64  `json:"compactRevision"`
 }
 
 // Writer is the identity of the leader term that wrote a backup.

@@ -206,12 +206,27 @@ func Take(ctx context.Context, c *clientv3.Client, st store.Store, l control.Lay
 		return Meta{}, fail(ReasonLocal, "backup %s: %w", m.Name, err)
 	}
 	m.Revision, m.CompactRevision, m.KeyCount = ds.Revision, ds.CompactRevision, ds.KeyCount
+	m.HashKV = hashKV(ctx, c, ep, m.Revision, log)
 	m.Finished = now().UTC()
 	if err := writeMeta(ctx, st, l, m); err != nil {
 		removeData(ctx, st, l, m.Name, log)
 		return Meta{}, wrapCtx(ctx, ReasonStore, fmt.Errorf("backup %s: %w", m.Name, err))
 	}
 	return m, nil
+}
+
+// hashKV asks the member at ep for its HashKV at rev, for verification.
+// Failing to get it does not fail the backup (a compaction may have passed
+// rev already); it is logged and left out of the meta.
+func hashKV(ctx context.Context, c *clientv3.Client, ep string, rev int64, log *slog.Logger) *HashKV {
+	hctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := c.HashKV(hctx, ep, rev)
+	if err != nil {
+		log.Warn("backup meta without HashKV: the member did not give its hash at the snapshot's revision", "endpoint", ep, "revision", rev, "err", err)
+		return nil
+	}
+	return &HashKV{Hash: resp.Hash, Revision: rev, CompactRevision: resp.CompactRevision}
 }
 
 // removeData deletes the data object of a backup that failed after it

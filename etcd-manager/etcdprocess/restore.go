@@ -58,10 +58,12 @@ type RestoreConfig struct {
 	// whose etcdutl restores (that of the cluster that will run the data).
 	BinDirRoot string
 	Version    string
-	// Snapshot is the path of the plain bbolt database (a backup's data
-	// object decompressed, without the 32-byte hash etcd appends to its
-	// snapshot stream). etcdutl is told to skip its own hash check, which
-	// needs that trailer; SnapshotSHA256, when set, is checked instead.
+	// Snapshot is the path of the plain bbolt database (backup.ExtractDB
+	// of a backup read with backup.Read, which checked every hash), or of
+	// etcd's snapshot format (the database and its sha256: etcdutl drops
+	// the trailer). etcdutl is told to skip its own hash check, which a
+	// plain database cannot pass; SnapshotSHA256, when set, is checked
+	// instead.
 	Snapshot string
 	// SnapshotSHA256 is the hex sha256 the snapshot file must have (the
 	// meta's dbSHA256); empty skips the check.
