@@ -1,7 +1,5 @@
 package units
 
-import "strings"
-
 // Binary paths the definitions run.
 const (
 	ContainerdBin  = "/usr/local/bin/containerd"
@@ -55,7 +53,7 @@ func Protokube(args []string) Unit {
 		Description: "protokube: etcd volumes, etcd-manager, gossip and cluster DNS",
 		After:       []string{"network-online.target", "containerd.service"},
 		Wants:       []string{"network-online.target"},
-		ExecStart:   ProtokubeBin + " " + strings.Join(args, " "),
+		ExecStart:   ExecLine(ProtokubeBin, args),
 		Restart:     "always",
 		RestartSec:  "5",
 		WantedBy:    []string{"multi-user.target"},
@@ -77,7 +75,7 @@ func ProtokubeEtcdVolumes(args []string) Unit {
 		Name:        "protokube-etcd-volumes.service",
 		Description: "protokube: mount the etcd volumes, then start etcd-manager",
 		After:       []string{"local-fs.target"},
-		ExecStart:   ProtokubeBin + " " + strings.Join(args, " "),
+		ExecStart:   ExecLine(ProtokubeBin, args),
 		Restart:     "always",
 		RestartSec:  "5",
 		WantedBy:    []string{"multi-user.target"},
@@ -91,7 +89,7 @@ func EtcdManager(cluster string, args []string) Unit {
 		Name:        "etcd-manager-" + cluster + ".service",
 		Description: "etcd-manager for etcd cluster " + cluster,
 		After:       []string{"network-online.target"},
-		ExecStart:   EtcdManagerBin + " " + strings.Join(args, " "),
+		ExecStart:   ExecLine(EtcdManagerBin, args),
 		Restart:     "always",
 		RestartSec:  "5",
 		LimitNOFILE: "65536",

@@ -1,7 +1,5 @@
 package units
 
-import "strings"
-
 // ManifestsConfigCopy is nodeup's local copy of the node configuration
 // read by protokube manifests: only the fields the system manifests depend
 // on, so that other changes do not restart it.
@@ -17,7 +15,7 @@ func ProtokubeManifests(args []string) Unit {
 		Description: "protokube: apply the cluster's system manifests (node bootstrap, CoreDNS)",
 		Wants:       []string{"network-online.target"},
 		After:       []string{"network-online.target", "kube-apiserver.service"},
-		ExecStart:   ProtokubeBin + " " + strings.Join(args, " "),
+		ExecStart:   ExecLine(ProtokubeBin, args),
 		Restart:     "always",
 		RestartSec:  "5",
 		WantedBy:    []string{"multi-user.target"},

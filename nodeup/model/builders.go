@@ -2,9 +2,13 @@ package model
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/paths"
+	"github.com/kopsnode/agents/protokube/gossipd"
 	"github.com/kopsnode/agents/protokube/podnet"
 	units "github.com/kopsnode/agents/systemd-units"
 )
@@ -119,41 +123,44 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 	return c.Add(service(units.ProtokubeEtcdVolumes(args), []string{units.ProtokubeBin, units.NodeConfigCopy}))
 }
 
-// protokubeArgs are protokube's gossip daemon flags from the configuration.
-// Control-plane nodes publish the API server's internal name with their own
-// address, which is how workers find it without cloud credentials.
+// protokubeArgs are the arguments of protokube.service: the gossip
+// command and its flags, rendered from GossipConfig.
+func protokubeArgs(in *Input) []string {
+	return append([]string{"gossip"}, GossipConfig(in).Args()...)
+}
+
+// GossipConfig is the run configuration of `protokube gossip` on this node,
+// built from the node configuration. Control-plane nodes publish the API
+// server's internal name with their own address, which is how workers find
+// it without cloud credentials.
 //
 // Control-plane nodes create the gossip keyring if the store has none
 // (create-if-absent: the first to boot wins); workers wait for it. In
 // kubenet mode protokube also runs the pod network (package
 // protokube/podnet): it reads the Node's range with the kubelet's
 // kubeconfig, writes the CNI configuration and routes between nodes.
-func protokubeArgs(in *Input) []string {
+func GossipConfig(in *Input) gossipd.Config {
 	s := in.Config.Spec
-	args := append([]string{"gossip"}, in.StoreSettings().Args()...)
-	args = append(args, "--cluster="+s.ClusterName, "--hosts-file=/etc/hosts")
-	if s.Role == config.RoleControlPlane {
-		args = append(args, "--create-keyring")
-	}
+	cfg := gossipd.DefaultConfig()
+	cfg.Cluster = s.ClusterName
+	cfg.Store = in.StoreSettings()
+	cfg.HostsFile = paths.HostsFile
+	cfg.CreateKeyring = s.Role == config.RoleControlPlane
 	if g := s.Gossip; g != nil {
 		if g.Port != 0 {
-			args = append(args, fmt.Sprintf("--bind=0.0.0.0:%d", g.Port))
+			cfg.Bind = net.JoinHostPort("0.0.0.0", strconv.Itoa(g.Port))
 		}
 		if g.Seeds != "" {
-			args = append(args, "--seeds="+g.Seeds)
+			cfg.Seeds = g.Seeds
 		}
-		for _, seed := range g.StaticSeeds {
-			args = append(args, "--static-seed="+seed)
-		}
+		cfg.StaticSeeds = append(cfg.StaticSeeds, g.StaticSeeds...)
 		if g.DNSListen != "" {
-			args = append(args, "--dns-listen="+g.DNSListen)
+			cfg.DNSListen = g.DNSListen
 		}
-		if g.Forward {
-			args = append(args, "--dns-forward")
-		}
+		cfg.DNSForward = g.Forward
 	}
 	if s.Role == config.RoleControlPlane {
-		args = append(args, "--publish=api=self")
+		cfg.Publish = append(cfg.Publish, "api="+gossipd.SelfAddr)
 	}
 	if n := s.Networking; n.Mode == config.NetworkingKubenet {
 		pn := podnet.DefaultConfig()
@@ -163,9 +170,9 @@ func protokubeArgs(in *Input) []string {
 		pn.ClusterCIDR = n.PodCIDR
 		pn.NonMasqueradeCIDR = n.NonMasqueradeCIDR
 		pn.MTU = n.MTU
-		args = append(args, pn.Args()...)
+		cfg.PodNet = pn
 	}
-	return args
+	return cfg
 }
 
 type etcdManagerBuilder struct{}

@@ -9,6 +9,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/kuberender"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/paths"
 	"github.com/kopsnode/agents/pkg/pki"
 	units "github.com/kopsnode/agents/systemd-units"
 )
@@ -84,7 +85,7 @@ func (kubeletBuilder) Name() string { return "kubelet" }
 // Paths of the kubelet.
 const (
 	KubeletConfig     = "/var/lib/kubelet/config.yaml"
-	KubeletKubeconfig = "/var/lib/kubelet/kubeconfig"
+	KubeletKubeconfig = paths.KubeletKubeconfig
 	// KubeletBootstrapKubeconfig holds the bootstrap token on nodes that
 	// join by TLS bootstrap (workers).
 	KubeletBootstrapKubeconfig = "/var/lib/kubelet/bootstrap-kubeconfig"

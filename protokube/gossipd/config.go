@@ -18,6 +18,7 @@ import (
 	"github.com/kopsnode/agents/gossip/membership"
 	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/paths"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 	"github.com/kopsnode/agents/protokube/podnet"
 )
@@ -81,7 +82,7 @@ func DefaultConfig() Config {
 		Seeds:       "store",
 		SeedTTL:     5 * time.Minute,
 		DNSListen:   "127.0.0.1:53",
-		HostsFile:   "/etc/hosts",
+		HostsFile:   paths.HostsFile,
 		StatusAddr:  DefaultStatusAddr,
 		LeaveGrace:  30 * time.Second,
 		KeyringWait: 10 * time.Second,

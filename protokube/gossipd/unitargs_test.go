@@ -1,4 +1,4 @@
-package gossipd
+package gossipd_test
 
 import (
 	"flag"
@@ -11,6 +11,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
+	"github.com/kopsnode/agents/protokube/gossipd"
 	"github.com/kopsnode/agents/protokube/podnet"
 )
 
@@ -62,7 +63,7 @@ func TestRenderedUnitParsesWithDaemonFlags(t *testing.T) {
 			if len(args) < 2 || args[0] != "/usr/local/bin/protokube" || args[1] != "gossip" {
 				t.Fatalf("ExecStart %q", args)
 			}
-			cfg := DefaultConfig()
+			cfg := gossipd.DefaultConfig()
 			fs := flag.NewFlagSet("gossip", flag.ContinueOnError)
 			cfg.AddFlags(fs)
 			if err := fs.Parse(args[2:]); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/kopsnode/agents/pkg/bootstraptoken"
 	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
+	"github.com/kopsnode/agents/pkg/paths"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
 )
 
@@ -18,7 +19,7 @@ const DefaultStatusAddr = "127.0.0.1:3997"
 
 // DefaultKubeconfig is the admin kubeconfig nodeup writes on control-plane
 // nodes (system:masters), with which the manifests are applied.
-const DefaultKubeconfig = "/etc/kubernetes/admin.conf"
+const DefaultKubeconfig = paths.AdminKubeconfig
 
 // FieldManager is the server-side apply field manager of every object this
 // package applies.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kopsnode/agents/cni"
 	"github.com/kopsnode/agents/pkg/flagargs"
+	"github.com/kopsnode/agents/pkg/paths"
 )
 
 // Modes of Config.Mode.
@@ -20,7 +21,7 @@ const (
 
 // DefaultKubeconfig is the kubelet's kubeconfig, with which a node may read
 // its own Node object.
-const DefaultKubeconfig = "/var/lib/kubelet/kubeconfig"
+const DefaultKubeconfig = paths.KubeletKubeconfig
 
 // Config is podnet's part of `protokube gossip`; every field has a flag.
 type Config struct {
