@@ -85,6 +85,7 @@ func EtcdManagerCtl() *cli.App {
 		Commands: []*cli.Command{
 			getSpecCommand(), setSpecCommand(), ctlStatusCommand(), queueCommand(),
 			listBackupsCommand(), backupNowCommand(),
+			listCommandsCommand(), deleteCommandCommand(), deleteBackupCommand(),
 		},
 	}
 }
