@@ -131,6 +131,7 @@ type volume struct {
 
 type instance struct {
 	id, az, state string
+	privateIP     string
 	tags          map[string]string
 	launched      time.Time
 }
@@ -175,13 +176,15 @@ func New(opts Options) *Server {
 }
 
 // AddInstance adds a running instance in zone az (which must be in the
-// server's region, e.g. us-east-1a) and returns its ID.
+// server's region, e.g. us-east-1a) and returns its ID. Its private address,
+// answered by DescribeInstances, is 10.0.x.y from its sequence number.
 func (s *Server) AddInstance(az string, tags map[string]string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seq++
 	id := fmt.Sprintf("i-%017x", s.seq)
-	s.instances[id] = &instance{id: id, az: az, state: InstanceRunning, tags: copyTags(tags), launched: s.opts.Now()}
+	ip := fmt.Sprintf("10.0.%d.%d", s.seq/250, s.seq%250+1)
+	s.instances[id] = &instance{id: id, az: az, state: InstanceRunning, privateIP: ip, tags: copyTags(tags), launched: s.opts.Now()}
 	return id
 }
 
@@ -878,8 +881,9 @@ type xmlInstance struct {
 	Placement struct {
 		AvailabilityZone string `xml:"availabilityZone"`
 	} `xml:"placement"`
-	LaunchTime string   `xml:"launchTime"`
-	Tags       []xmlTag `xml:"tagSet>item"`
+	LaunchTime       string   `xml:"launchTime"`
+	PrivateIPAddress string   `xml:"privateIpAddress,omitempty"`
+	Tags             []xmlTag `xml:"tagSet>item"`
 }
 
 var stateCodes = map[string]int{"pending": 0, InstanceRunning: 16, "shutting-down": 32, InstanceTerminated: 48, "stopping": 64, InstanceStopped: 80}
@@ -932,6 +936,9 @@ func (s *Server) describeInstancesLocked(f form) (any, *apiError) {
 			continue
 		}
 		x := xmlInstance{InstanceID: in.id, LaunchTime: in.launched.UTC().Format(timeFormat), Tags: xmlTags(in.tags)}
+		if in.state != InstanceTerminated {
+			x.PrivateIPAddress = in.privateIP
+		}
 		x.State.Code, x.State.Name = stateCodes[in.state], in.state
 		x.Placement.AvailabilityZone = in.az
 		out.Reservations = append(out.Reservations, reservation{ReservationID: "r-" + strings.TrimPrefix(in.id, "i-"), Instances: []xmlInstance{x}})

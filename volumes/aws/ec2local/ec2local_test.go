@@ -1,12 +1,19 @@
 package ec2local
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
 // The provider's tests drive this server through the real SDK; these check
@@ -87,5 +94,41 @@ func TestErrorShape(t *testing.T) {
 	code, body = post(url.Values{"Action": {"DescribeVolumes"}, "Version": {APIVersion}})
 	if code != http.StatusOK || !strings.Contains(body, `<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">`) {
 		t.Fatalf("DescribeVolumes: %d %s", code, body)
+	}
+}
+
+// TestDescribeInstancesThroughSDK: the SDK's EC2 client parses instances,
+// their state, zone, private address and tags, and the filters apply.
+func TestDescribeInstancesThroughSDK(t *testing.T) {
+	s := New(Options{})
+	hs := httptest.NewServer(s.Handler())
+	defer hs.Close()
+	a := s.AddInstance("us-east-1a", map[string]string{"KubernetesCluster": "c1"})
+	b := s.AddInstance("us-east-1b", map[string]string{"KubernetesCluster": "c1"})
+	s.AddInstance("us-east-1a", map[string]string{"KubernetesCluster": "other"})
+	if err := s.SetInstanceState(b, InstanceStopped); err != nil {
+		t.Fatal(err)
+	}
+	client := ec2.New(ec2.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(hs.URL),
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", ""),
+	})
+	out, err := client.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:KubernetesCluster"), Values: []string{"c1"}},
+		{Name: aws.String("instance-state-name"), Values: []string{"running", "stopped"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range out.Reservations {
+		for _, in := range r.Instances {
+			got = append(got, fmt.Sprintf("%s %s %s %s %s", aws.ToString(in.InstanceId), in.State.Name, aws.ToString(in.Placement.AvailabilityZone), aws.ToString(in.PrivateIpAddress), aws.ToString(in.Tags[0].Value)))
+		}
+	}
+	want := []string{a + " running us-east-1a 10.0.0.2 c1", b + " stopped us-east-1b 10.0.0.3 c1"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("DescribeInstances = %q, want %q", got, want)
 	}
 }
