@@ -562,3 +562,94 @@ func TestNoDiskSaysWhatToConfigure(t *testing.T) {
 		t.Fatalf("chosen serial absent: %+v", m)
 	}
 }
+
+// Two machines share one store (different host names) and, as loop devices
+// on one host, see each other's disks: the second can take neither the
+// first's slot nor its volume, and takes a slot of its own on its own disk.
+func TestSecondMachineCannotTakeHeldSlotOrVolume(t *testing.T) {
+	testtools.RequireRoot(t)
+	devA, devB := loopDevice(t), loopDevice(t)
+	storeDir, cluster := t.TempDir(), testCluster(t)
+	a := newMachine(t, devA, machineOpts{cluster: cluster, machine: "machine-a", members: 3, store: storeDir, scan: []string{devA, devB}})
+	if st := a.reconciler(t).Pass(context.Background()); !st.Ready || onlyMember(t, st).Slot != "main-1" {
+		t.Fatalf("machine a: %+v", st)
+	}
+
+	// b is given a's disk: the volume of main-1, whose lease a holds.
+	b := newMachine(t, devA, machineOpts{cluster: cluster, machine: "machine-b", members: 3, store: storeDir, scan: []string{devA, devB}})
+	for pass := range 2 {
+		st := b.reconciler(t).Pass(context.Background())
+		m := onlyMember(t, st)
+		if st.Ready || m.Mounted || !strings.Contains(m.Error, "slot main-1") || !strings.Contains(m.Error, "held by machine machine-a") {
+			t.Fatalf("pass %d: machine b with a's disk: %+v", pass, m)
+		}
+	}
+	if isMountPoint(t, b.target) || b.mgr.Starts(b.unit) != 0 {
+		t.Fatal("machine b mounted or started on a's volume")
+	}
+	if l := a.lease(t, "main-1"); l.Holder != "machine-a" {
+		t.Fatalf("lease of main-1 now %+v", l)
+	}
+
+	// Given its own disk (a's still visible), b takes the next slot.
+	b2 := newMachine(t, devB, machineOpts{cluster: cluster, machine: "machine-b", members: 3, store: storeDir, scan: []string{devB}})
+	st := b2.reconciler(t).Pass(context.Background())
+	if m := onlyMember(t, st); !st.Ready || m.Slot != "main-2" || m.Device != devB {
+		t.Fatalf("machine b with its own disk: %+v", st)
+	}
+	if l := a.lease(t, "main-2"); l.Holder != "machine-b" || l.Volume != devB {
+		t.Fatalf("lease of main-2: %+v", l)
+	}
+	// a's next pass renews its own lease and leaves b's alone.
+	if st := a.reconciler(t).Pass(context.Background()); !st.Ready || onlyMember(t, st).Slot != "main-1" {
+		t.Fatalf("machine a again: %+v", st)
+	}
+}
+
+// A replacement machine (new host name) gets the dead machine's disk: it
+// waits while the dead machine's lease is current, then adopts the slot and
+// the volume, data kept, and starts etcd-manager.
+func TestReplacementMachineAdoptsSlotAndVolume(t *testing.T) {
+	testtools.RequireRoot(t)
+	dev := loopDevice(t)
+	storeDir, cluster := t.TempDir(), testCluster(t)
+	a := newMachine(t, dev, machineOpts{cluster: cluster, machine: "machine-a", members: 3, store: storeDir})
+	a.cfg.SlotLease = 2 * time.Second
+	if st := a.reconciler(t).Pass(context.Background()); !st.Ready {
+		t.Fatalf("machine a: %+v", st)
+	}
+	data := filepath.Join(a.target, "etcd", "data")
+	if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(data, []byte("member data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Machine a dies: its disk is released (moved to the new machine).
+	if err := mount.Unmount(a.target); err != nil {
+		t.Fatal(err)
+	}
+
+	b := newMachine(t, dev, machineOpts{cluster: cluster, machine: "machine-b", members: 3, store: storeDir})
+	b.cfg.SlotLease = 2 * time.Second
+	r := b.reconciler(t)
+	m := onlyMember(t, r.Pass(context.Background()))
+	if m.Ready || !strings.Contains(m.Error, "held by machine machine-a") {
+		t.Fatalf("while a's lease is current: %+v", m)
+	}
+	until := a.lease(t, "main-1").HeldUntil
+	time.Sleep(time.Until(until) + 50*time.Millisecond)
+	st := r.Pass(context.Background())
+	if m := onlyMember(t, st); !st.Ready || m.Slot != "main-1" || m.Device != dev || m.FormattedAt == "" {
+		t.Fatalf("after a's lease lapsed: %+v", st)
+	}
+	if b, err := os.ReadFile(filepath.Join(b.target, "etcd", "data")); err != nil || string(b) != "member data" {
+		t.Fatalf("adopted volume's data: %q %v", b, err)
+	}
+	if l := b.lease(t, "main-1"); l.Holder != "machine-b" {
+		t.Fatalf("lease of main-1: %+v", l)
+	}
+	if n := b.mgr.Starts(b.unit); n != 1 {
+		t.Fatalf("%s started %d times, want 1", b.unit, n)
+	}
+}

@@ -137,8 +137,8 @@ func (in Input) heldBy(slot string) string {
 }
 
 // Decide chooses this machine's slot and volume, in this order:
-//  1. a volume attached here that carries a slot: use it (unless another
-//     machine's lease on the slot is current: then wait);
+//  1. a volume attached here that carries a slot: use it, unless another
+//     machine's lease on the slot is current (then it is left alone);
 //  2. a slot whose record this machine holds: go on with it;
 //  3. a volume carrying a slot that no running machine holds and no
 //     current lease covers: adopt it (a replacement machine);
@@ -172,22 +172,29 @@ func Decide(in Input) Decision {
 		return fmt.Errorf("volumes %s all carry slot %s; refusing to choose: %w", strings.Join(ids, ", "), slot, volumes.ErrAmbiguous)
 	}
 
-	// 1. A volume attached here.
-	switch len(here) {
+	// 1. A volume attached here, unless another machine's current lease
+	// holds its slot (a cloned disk, or storage several machines see).
+	var usable []volumes.Volume
+	var heldHere []string
+	for _, v := range here {
+		if _, ok := in.takeable(v.Slot); ok {
+			usable = append(usable, v)
+		} else {
+			heldHere = append(heldHere, fmt.Sprintf("volume %s of slot %s is attached to this machine, but the slot is held by %s (it is used once that lease lapses)", v.ID, v.Slot, in.heldBy(v.Slot)))
+		}
+	}
+	switch len(usable) {
 	case 0:
 	case 1:
-		v := here[0]
+		v := usable[0]
 		if err := dup(v.Slot); err != nil {
 			return Decision{Action: Wait, Slot: v.Slot, Err: err}
 		}
-		cond, ok := in.takeable(v.Slot)
-		if !ok {
-			return Decision{Action: Wait, Slot: v.Slot, Err: fmt.Errorf("volume %s of slot %s is attached to this machine, but the slot is held by %s; it is used once that lease lapses: %w", v.ID, v.Slot, in.heldBy(v.Slot), ErrHeld)}
-		}
+		cond, _ := in.takeable(v.Slot)
 		return Decision{Action: UseVolume, Slot: v.Slot, Volume: &v, Cond: cond}
 	default:
 		var names []string
-		for _, v := range here {
+		for _, v := range usable {
 			names = append(names, v.ID+" (slot "+v.Slot+")")
 		}
 		return Decision{Action: Wait, Err: fmt.Errorf("volumes %s are all attached to this machine; a machine holds one slot per etcd cluster, so none is used: %w", strings.Join(names, ", "), volumes.ErrAmbiguous)}
@@ -220,6 +227,8 @@ func Decide(in Input) Decision {
 			return Decision{Action: NewVolume, Slot: slot, Volume: &v, Cond: cond}
 		case in.CanCreate:
 			return Decision{Action: NewVolume, Slot: slot, Cond: cond}
+		case len(heldHere) > 0:
+			return Decision{Action: Wait, Err: fmt.Errorf("%s, and no other disk is chosen for a new member: %w", strings.Join(heldHere, "; "), ErrHeld)}
 		}
 		return Decision{Action: Wait, Err: ErrNoDisk}
 	}
@@ -246,7 +255,7 @@ func Decide(in Input) Decision {
 	}
 
 	// 3. Adopt a volume no running machine holds.
-	var waits []string
+	waits := heldHere
 	for _, slot := range sortedSlots(in) {
 		if len(bySlot[slot]) == 0 {
 			continue
