@@ -118,6 +118,11 @@ func Inspect(path string) (DBStatus, error) {
 			}
 			main := int64(binary.BigEndian.Uint64(k[:8]))
 			st.Revision = max(st.Revision, main)
+			if len(v) == 0 {
+				// `etcdutl snapshot restore --bump-revision` marks the
+				// bumped revision with an empty entry: no key.
+				return nil
+			}
 			key, err := kvKey(v)
 			if err != nil {
 				return fmt.Errorf("revision %d: %w", main, err)

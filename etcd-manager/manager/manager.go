@@ -88,6 +88,8 @@ type Manager struct {
 	backupRunner *backupRunner
 	backupSrc    *backupSource
 	backups      backupState
+	// restores is the restore runner and the member's restore record.
+	restores restoreRuntime
 	// retention is the leader's memory of its retention passes.
 	retention retentionState
 }

@@ -36,6 +36,7 @@ func (m *Manager) Info(ctx context.Context) (peer.Info, error) {
 		DataDirEmpty: m.dataDirEmpty(),
 		Leader:       cur.Holder,
 		LeaderTerm:   cur.Term,
+		Restore:      m.restoreInfo(),
 	}
 	if exp := m.certs.etcdExpiry(); !exp.IsZero() {
 		info.CertNotAfter = exp.UTC()
@@ -58,7 +59,7 @@ func (m *Manager) localHealth(ctx context.Context) (memberID uint64, learner boo
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.PeerTimeout/2)
 	defer cancel()
-	resp, err := c.Status(ctx, m.listenURL(m.cfg.ClientPort))
+	resp, err := c.Status(ctx, m.localClientURL())
 	if err != nil {
 		return 0, false, err
 	}
@@ -79,7 +80,7 @@ func (m *Manager) localEtcdClient() (*clientv3.Client, error) {
 	if c != nil {
 		return c, nil
 	}
-	c, err := m.newEtcdClient([]string{m.listenURL(m.cfg.ClientPort)})
+	c, err := m.newEtcdClient([]string{m.localClientURL()})
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +250,9 @@ func (m *Manager) startEtcdLocked() error {
 		ClientTLS:           m.certs.serverFiles(),
 		LogLevel:            m.cfg.EtcdLogLevel,
 		Logger:              m.logger,
+	}
+	if err := m.restoreEtcdConfig(&cfg); err != nil {
+		return err
 	}
 	p, err := etcdprocess.Start(cfg)
 	if err != nil {

@@ -172,6 +172,11 @@ func initialCluster(ms []control.Member) string {
 // lets the pure decide pick at most one change, and carries it out (act);
 // the next tick sees the result.
 func (m *Manager) reconcile(ctx context.Context, spec control.Spec, infos map[string]peer.Info, term int64) error {
+	// A restore in progress owns the cluster: no membership change, no
+	// member counted dead (restore.go).
+	if busy, err := m.restoreGate(ctx, term); busy {
+		return err
+	}
 	obs, c, err := m.observe(ctx, spec, infos)
 	if err != nil {
 		return err

@@ -129,7 +129,11 @@ func Next(s State, obs map[string]MemberObs) Action {
 	case PhaseClearing:
 		return Action{Kind: ActClear}
 	case PhaseOpening:
+		// One member at a time: each restarts its etcd, and a member
+		// stopping while another restarts would stall the raft leader's
+		// hand-over (and the quorum).
 		var send, waiting []string
+		restarting := false
 		for _, n := range names {
 			o := obs[n]
 			switch {
@@ -139,11 +143,12 @@ func Next(s State, obs map[string]MemberObs) Action {
 				send = append(send, n)
 			case o.CommandID == s.CommandID && o.Step == StepOpen && o.Healthy && o.Token == s.NewClusterToken:
 			default:
+				restarting = restarting || o.Step == StepOpen
 				waiting = append(waiting, fmt.Sprintf("%s (%s, healthy %t)", n, o.Step, o.Healthy))
 			}
 		}
-		if len(send) > 0 {
-			return Action{Kind: ActSend, Members: send, Request: RequestOpen}
+		if len(send) > 0 && !restarting {
+			return Action{Kind: ActSend, Members: send[:1], Request: RequestOpen}
 		}
 		if len(waiting) > 0 {
 			return Action{Kind: ActWait, Reason: "waiting for " + strings.Join(waiting, ", ")}

@@ -229,3 +229,22 @@ func List(ctx context.Context, st store.Store, l control.Layout) ([]string, erro
 	sort.Strings(ids)
 	return ids, nil
 }
+
+// Active returns the restore in progress (a state not done or failed),
+// if any.
+func Active(ctx context.Context, st store.Store, l control.Layout) (s State, ok bool, err error) {
+	ids, err := List(ctx, st, l)
+	if err != nil {
+		return State{}, false, err
+	}
+	for _, id := range ids {
+		s, _, ok, err := Load(ctx, st, l, id)
+		if err != nil {
+			return State{}, false, err
+		}
+		if ok && !s.Phase.Terminal() {
+			return s, true, nil
+		}
+	}
+	return State{}, false, nil
+}

@@ -27,7 +27,7 @@ func command(mgr units.Manager) *cli.Command {
 	var cfg Config
 	return &cli.Command{
 		Name:    "etcd-volumes",
-		Summary: "hold a member slot per etcd cluster, mount its volume at /mnt/etcd/<name>, then start etcd-manager-<name>.service",
+		Summary: "mount each etcd member's volume at /mnt/etcd/<name>, then start etcd-manager-<name>.service",
 		Flags: func(fs *flag.FlagSet) {
 			cfg = DefaultConfig()
 			cfg.AddFlags(fs)
@@ -71,15 +71,7 @@ func runOnce(ctx context.Context, env *cli.Env, cfg Config, node *config.NodeCon
 		defer m.Close()
 		deps.Manager = m
 	}
-	if deps.Store == nil {
-		st, err := cfg.Store.Open(ctx)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		deps.Store = st
-	}
-	r, err := NewReconciler(ctx, cfg, node, deps)
+	r, err := NewReconciler(cfg, node, deps)
 	if err != nil {
 		return err
 	}
@@ -99,17 +91,15 @@ func PrintStatus(w io.Writer, st Status) error {
 	if st.Ready {
 		ready = "ready"
 	}
-	fmt.Fprintf(w, "cluster %s, machine %s, volume provider %s: %s\n", st.Cluster, st.Machine, st.Provider, ready)
+	fmt.Fprintf(w, "cluster %s, member %s: %s\n", st.Cluster, st.Member, ready)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ETCD CLUSTER\tSLOT\tTARGET\tDEVICE\tMOUNTED\tUNIT\tSTATE\tERROR")
-	dash := func(s string) string {
-		if s == "" {
-			return "-"
-		}
-		return s
-	}
+	fmt.Fprintln(tw, "ETCD CLUSTER\tTARGET\tDEVICE\tMOUNTED\tUNIT\tSTATE\tERROR")
 	for _, m := range st.EtcdClusters {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", m.EtcdCluster, dash(m.Slot), m.Target, dash(m.Device), m.Mounted, m.Unit, m.UnitState, m.Error)
+		dev := m.Device
+		if dev == "" {
+			dev = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\t%s\n", m.EtcdCluster, m.Target, dev, m.Mounted, m.Unit, m.UnitState, m.Error)
 	}
 	return tw.Flush()
 }

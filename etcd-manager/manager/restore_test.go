@@ -1,0 +1,328 @@
+package manager_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/kopsnode/agents/etcd-manager/app"
+	"github.com/kopsnode/agents/etcd-manager/backup"
+	"github.com/kopsnode/agents/etcd-manager/control"
+	"github.com/kopsnode/agents/etcd-manager/harness"
+	"github.com/kopsnode/agents/etcd-manager/manager"
+	"github.com/kopsnode/agents/etcd-manager/restore"
+)
+
+// restoreCluster starts a 3-member cluster of etcd version v with the
+// schedule of backups off (the harness installs etcdutl beside etcd).
+func restoreCluster(t testing.TB, prefix, v string) (*harness.Cluster, []string) {
+	t.Helper()
+	c := harness.New(t, harness.Options{IPPrefix: prefix, Versions: []string{v}, Mutate: func(cfg *manager.Config) {
+		cfg.Backups.Interval = 0
+	}})
+	c.SetSpec(3, v)
+	var ids []string
+	for i := 1; i <= 3; i++ {
+		ids = append(ids, c.Start(i).ID)
+	}
+	c.WaitMembers(converge, ids...)
+	return c, ids
+}
+
+func ctlArgs(c *harness.Cluster, cmd string, more ...string) []string {
+	return append([]string{cmd, "--store", c.Store.URL(), "--cluster-name", c.Layout.Cluster}, more...)
+}
+
+// backupNow takes a full backup through etcd-manager-ctl and returns its name.
+func backupNow(t *testing.T, c *harness.Cluster) string {
+	t.Helper()
+	out, errOut, code := runCtl(t, ctlArgs(c, "backup-now", "--wait", "60s", "-o", "json")...)
+	if code != 0 {
+		t.Fatalf("backup-now: exit %d: %s %s", code, out, errOut)
+	}
+	var r app.BackupNowResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Result == nil || r.Result.Detail == "" {
+		t.Fatalf("backup-now output %q: %v", out, err)
+	}
+	return r.Result.Detail
+}
+
+func mustGet(t *testing.T, cl *clientv3.Client, key string) *clientv3.GetResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cl.Get(ctx, key, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// TestRestoreBackup restores a 3-member cluster from a full backup with
+// etcd-manager-ctl restore-backup, for etcd 3.5 and 3.7: what was written
+// before the backup is there, what was written after it is gone, the
+// revision is bumped past the old cluster's (a watch from an old revision
+// is compacted), the API server endpoint leases are gone, every member's
+// old data directory is kept aside, the cluster runs under a new token
+// that the created marker names, and the restore ran once.
+func TestRestoreBackup(t *testing.T) {
+	for i, v := range []string{"3.5.21", "3.7.3"} {
+		t.Run(v, func(t *testing.T) {
+			c, ids := restoreCluster(t, fmt.Sprintf("127.44.%d", 90+i), v)
+			oldCreated, _ := c.Created()
+			c.Put("/before/a", "1")
+			c.Put("/registry/masterleases/10.0.0.9", "stale")
+			c.Put("/registry/leases/kube-system/kube-apiserver-3kxq", "stale")
+			c.Put("/registry/leases/kube-system/kube-controller-manager", "kept")
+			name := backupNow(t, c)
+			c.Put("/after/b", "2")
+			cl := c.Client(ids...)
+			oldRev := mustGet(t, cl, "/after/b").Header.Revision
+
+			start := time.Now()
+			out, errOut, code := runCtl(t, ctlArgs(c, "restore-backup", "--wait", "2m", "-o", "json", name)...)
+			if code != 0 {
+				t.Fatalf("restore-backup: exit %d: %s %s", code, out, errOut)
+			}
+			var q app.RestoreQueued
+			if err := json.Unmarshal([]byte(out), &q); err != nil || q.Result == nil || q.Result.Error != "" || q.Backup != name {
+				t.Fatalf("restore-backup output %q: %v", out, err)
+			}
+			t.Logf("restore-backup %s: done in %s: %s", name, time.Since(start).Round(time.Millisecond), q.Result.Detail)
+
+			c.WaitMembers(converge, ids...)
+			c.ExpectKey(converge, "/before/a", "1", ids...)
+			cl = c.Client(ids...)
+			if kvs := mustGet(t, cl, "/after/").Kvs; len(kvs) != 0 {
+				t.Fatalf("data written after the backup survived the restore: %v", kvs)
+			}
+			for _, p := range restore.StalePrefixes {
+				if kvs := mustGet(t, cl, p).Kvs; len(kvs) != 0 {
+					t.Fatalf("stale API server lease %s survived the restore", kvs[0].Key)
+				}
+			}
+			if kvs := mustGet(t, cl, "/registry/leases/kube-system/kube-controller-manager").Kvs; len(kvs) != 1 {
+				t.Fatal("another lease was deleted with the API servers' ones")
+			}
+			resp := mustGet(t, cl, "/before/a")
+			if resp.Header.Revision <= oldRev {
+				t.Fatalf("revision after the restore %d is not past the old cluster's %d", resp.Header.Revision, oldRev)
+			}
+			// A client of the old cluster resuming its watch is told to
+			// resync (compacted), not fed stale events.
+			wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer wcancel()
+			wr := <-cl.Watch(wctx, "/", clientv3.WithPrefix(), clientv3.WithRev(oldRev))
+			if !errors.Is(wr.Err(), rpctypes.ErrCompacted) || wr.CompactRevision <= oldRev {
+				t.Fatalf("watch from the old revision %d: err %v, compact revision %d; want ErrCompacted past it", oldRev, wr.Err(), wr.CompactRevision)
+			}
+
+			cr, _ := c.Created()
+			if cr.ClusterToken == oldCreated.ClusterToken || len(cr.InitialMembers) != 3 {
+				t.Fatalf("created marker after the restore: %+v (old token %s)", cr, oldCreated.ClusterToken)
+			}
+			for _, id := range ids {
+				in := c.Instance(id)
+				st, _ := in.M.Status(context.Background())
+				if st.Local.ClusterToken != cr.ClusterToken {
+					t.Fatalf("%s runs token %s, the marker says %s", id, st.Local.ClusterToken, cr.ClusterToken)
+				}
+				asides, err := restore.AsideDirs(in.DataDir)
+				if err != nil || len(asides) != 1 {
+					t.Fatalf("%s: moved-aside data dirs %v, %v; want one", id, asides, err)
+				}
+				if _, err := os.Stat(filepath.Join(asides[0], "member", "snap", "db")); err != nil {
+					t.Fatalf("%s: the old data is not kept aside: %v", id, err)
+				}
+			}
+			s, _, ok, err := restore.Load(context.Background(), c.Store, c.Layout, q.CommandID)
+			if err != nil || !ok || s.Phase != restore.PhaseDone || s.OldClusterToken != oldCreated.ClusterToken || s.BackupBefore == "" || s.Cleared != 2 {
+				t.Fatalf("restore state %+v, %v", s, err)
+			}
+			if ids, _ := restore.List(context.Background(), c.Store, c.Layout); len(ids) != 1 {
+				t.Fatalf("restore states %v; want one", ids)
+			}
+			// The cluster is managed again: it takes writes, and a new
+			// backup names the new token.
+			c.Put("/after-restore", "3")
+			if b := backupNow(t, c); b == name {
+				t.Fatal("no new backup")
+			} else if m, err := backup.ReadMeta(context.Background(), c.Store, c.Layout, b); err != nil || m.ClusterToken != cr.ClusterToken {
+				t.Fatalf("backup after the restore: %+v, %v", m, err)
+			}
+		})
+	}
+}
+
+// TestRestoreRefusesBadBackups: an unknown name, a meta object that does
+// not parse, a missing meta object and a damaged data object are refused
+// by etcd-manager-ctl before anything is queued, naming the object; a
+// restore queued around the ctl with a damaged object is refused by the
+// leader before anything is stopped: the result names the object, every
+// etcd keeps its process and serves the old data.
+func TestRestoreRefusesBadBackups(t *testing.T) {
+	c, ids := restoreCluster(t, "127.44.94", version)
+	c.Put("/k", "old")
+	good := backupNow(t, c)
+	bad := backupNow(t, c)
+	ctx := context.Background()
+	root := strings.TrimPrefix(c.Store.URL(), "file://")
+	pids := map[string]int{}
+	for _, id := range ids {
+		pids[id] = c.Instance(id).M.EtcdPid()
+	}
+	expectRefused := func(what string, want ...string) {
+		t.Helper()
+		args := ctlArgs(c, "restore-backup", what)
+		if strings.HasPrefix(what, "@") {
+			args = ctlArgs(c, "restore-to", strings.TrimPrefix(what, "@"))
+		}
+		out, errOut, code := runCtl(t, args...)
+		if code == 0 {
+			t.Fatalf("restore of %s accepted: %s", what, out)
+		}
+		for _, w := range want {
+			if !strings.Contains(errOut, w) {
+				t.Fatalf("restore of %s: error %q does not say %q", what, errOut, w)
+			}
+		}
+	}
+	expectRefused("2020-01-01T00-00-00.000Z-full", "no meta object", "2020-01-01T00-00-00.000Z-full/meta.json", "nothing was queued")
+	expectRefused("latest", "is not of the form")
+
+	// A damaged data object: one byte flipped in the stored object.
+	obj := filepath.Join(root, backup.DataKey(c.Layout, bad))
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(obj, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(bad, "integrity check failed", backup.DataKey(c.Layout, bad), "nothing was queued")
+
+	// The leader refuses it too, before stopping anything.
+	cmd := control.Command{ID: "20260101T000000.000Z-restore-backup", Kind: control.KindRestoreBackup, Args: map[string]string{"backup": bad}, Created: time.Now()}
+	if err := control.QueueCommand(ctx, c.Store, c.Layout, cmd); err != nil {
+		t.Fatal(err)
+	}
+	var res control.Result
+	c.Eventually(converge, "the leader's result", func() error {
+		r, ok, err := control.ReadResult(ctx, c.Store, c.Layout, cmd.ID)
+		if err != nil || !ok {
+			return fmt.Errorf("no result (%v)", err)
+		}
+		res = r
+		return nil
+	})
+	if !strings.Contains(res.Error, "integrity check failed") || !strings.Contains(res.Error, backup.DataKey(c.Layout, bad)) {
+		t.Fatalf("leader's result %+v does not name the damaged object", res)
+	}
+	for _, id := range ids {
+		if p := c.Instance(id).M.EtcdPid(); p != pids[id] {
+			t.Fatalf("%s: etcd pid %d, was %d: something was stopped", id, p, pids[id])
+		}
+		if asides, _ := restore.AsideDirs(c.Instance(id).DataDir); len(asides) != 0 {
+			t.Fatalf("%s: data moved aside by a refused restore: %v", id, asides)
+		}
+	}
+	c.ExpectKey(converge, "/k", "old", ids...)
+
+	// A meta object that does not parse, and one that is missing.
+	metaKey := filepath.Join(root, backup.MetaKey(c.Layout, bad))
+	if err := os.WriteFile(metaKey, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(bad, backup.MetaKey(c.Layout, bad), "nothing was queued")
+	if err := os.Remove(metaKey); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(bad, "no meta object", "nothing was queued")
+
+	// A restore in progress refuses a second one.
+	now := time.Now().UTC()
+	s := restore.State{FormatVersion: restore.FormatVersion, CommandID: "x", Kind: control.KindRestoreBackup, Phase: restore.PhaseValidating, Started: now, Updated: now}
+	if _, err := restore.Save(ctx, c.Store, c.Layout, s, ""); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(good, "restore x is in progress")
+	if cs, err := app.ReadControlStatus(ctx, c.Store, c.Layout); err != nil || len(cs.Commands) != 0 {
+		t.Fatalf("pending commands after refusals: %+v, %v", cs.Commands, err)
+	}
+}
+
+// TestRestoreLeaderKilled: the leader is killed while the members
+// restore; the next leader resumes the restore from its persisted state
+// and completes it once the killed machine is back, and it ran once (one
+// state, one claim, its history names both terms).
+func TestRestoreLeaderKilled(t *testing.T) {
+	c, ids := restoreCluster(t, "127.44.95", version)
+	c.Put("/before", "1")
+	name := backupNow(t, c)
+	c.Put("/after", "2")
+	ctx := context.Background()
+	out, errOut, code := runCtl(t, ctlArgs(c, "restore-backup", "-o", "json", name)...)
+	if code != 0 {
+		t.Fatalf("restore-backup: exit %d: %s %s", code, out, errOut)
+	}
+	var q app.RestoreQueued
+	if err := json.Unmarshal([]byte(out), &q); err != nil {
+		t.Fatal(err)
+	}
+	var first restore.State
+	c.Eventually(converge, "the restore past validation", func() error {
+		s, _, ok, err := restore.Load(ctx, c.Store, c.Layout, q.CommandID)
+		if err != nil || !ok || s.Phase == restore.PhaseValidating {
+			return fmt.Errorf("state %v %v", s.Phase, err)
+		}
+		first = s
+		return nil
+	})
+	killed := first.Owner.LeaderID
+	c.Kill(killed)
+	time.Sleep(2 * time.Second)
+	var n int
+	fmt.Sscanf(killed, "m%d", &n)
+	c.Start(n)
+	var res control.Result
+	c.Eventually(2*converge, "the restore's result", func() error {
+		r, ok, err := control.ReadResult(ctx, c.Store, c.Layout, q.CommandID)
+		if err != nil || !ok {
+			return fmt.Errorf("no result (%v)", err)
+		}
+		res = r
+		return nil
+	})
+	if res.Error != "" {
+		t.Fatalf("restore failed: %s", res.Error)
+	}
+	c.WaitMembers(converge, ids...)
+	c.ExpectKey(converge, "/before", "1", ids...)
+	if kvs := mustGet(t, c.Client(ids...), "/after").Kvs; len(kvs) != 0 {
+		t.Fatal("data written after the backup survived")
+	}
+	s, _, _, err := restore.Load(ctx, c.Store, c.Layout, q.CommandID)
+	if err != nil || s.Phase != restore.PhaseDone || s.Owner.LeaderTerm == first.Owner.LeaderTerm {
+		t.Fatalf("state %+v, %v; first term %d", s, err, first.Owner.LeaderTerm)
+	}
+	took := false
+	for _, e := range s.History {
+		took = took || strings.Contains(e.Message, "taken over by")
+	}
+	if !took {
+		t.Fatalf("history does not show the new leader taking over: %+v", s.History)
+	}
+	if ids, _ := restore.List(ctx, c.Store, c.Layout); len(ids) != 1 {
+		t.Fatalf("restore states %v; want one", ids)
+	}
+}
