@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/restore"
 	"github.com/kopsnode/agents/pkg/cli"
@@ -132,30 +133,30 @@ func printRestoreQueued(w io.Writer, out RestoreQueued) error {
 // restore into, no other restore in progress, the backup (and deltas)
 // there with meta that parses, every object's hash right, an etcd version
 // the spec's can read.
-func CheckRestore(ctx context.Context, st, bst store.Store, l control.Layout, t restore.Target) (restore.Plan, error) {
+func CheckRestore(ctx context.Context, st, bst store.Store, l control.Layout, t restore.Target) (backup.Plan, error) {
 	spec, err := control.ReadSpec(ctx, st, l)
 	if err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	}
 	if s, ok, err := restore.Active(ctx, st, l); err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	} else if ok {
-		return restore.Plan{}, fmt.Errorf("restore %s is in progress (phase %s, %s)", s.CommandID, s.Phase, store.JoinURL(st.URL(), l.RestoreKey(s.CommandID)))
+		return backup.Plan{}, fmt.Errorf("restore %s is in progress (phase %s, %s)", s.CommandID, s.Phase, store.JoinURL(st.URL(), l.RestoreKey(s.CommandID)))
 	}
 	plan, err := restore.PlanFor(ctx, bst, l, t)
 	if err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	}
 	if err := restore.CheckVersion(plan.Base.Name, plan.Base.EtcdVersion, spec.EtcdVersion); err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	}
 	dir, err := os.MkdirTemp("", "etcd-manager-ctl-restore-")
 	if err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	}
 	defer os.RemoveAll(dir)
 	if err := restore.CheckObjects(ctx, bst, l, plan, dir); err != nil {
-		return restore.Plan{}, err
+		return backup.Plan{}, err
 	}
 	return plan, nil
 }

@@ -453,7 +453,8 @@ func (m *Manager) validateRestore(ctx context.Context, term int64, s *restore.St
 		return err
 	}
 	s.Backup, s.BackupRevision, s.TargetRevision = plan.Base.Name, plan.Base.Revision, plan.TargetRevision
-	s.Segments = plan.Segments
+	s.Segments = restore.SegmentNames(plan)
+	s.Plan = &plan
 	s.EtcdVersion = spec.EtcdVersion
 	s.OldClusterToken, s.NewClusterToken = created.ClusterToken, token
 	s.BumpRevision = restore.Bump(s.OldRevision, plan.Base.Revision)

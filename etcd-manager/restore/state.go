@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/backup"
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/pkg/store"
 )
@@ -82,6 +83,9 @@ type State struct {
 	BackupRevision int64    `json:"backupRevision,omitempty"`
 	Segments       []string `json:"segments,omitempty"`
 	TargetRevision int64    `json:"targetRevision,omitempty"`
+	// Plan is the whole plan (backup.PlanRestore's), which the replay of
+	// the segments reads.
+	Plan *backup.Plan `json:"plan,omitempty"`
 
 	// EtcdVersion is the version the restored cluster runs (the spec's).
 	EtcdVersion string `json:"etcdVersion,omitempty"`
