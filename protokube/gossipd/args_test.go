@@ -3,6 +3,7 @@ package gossipd
 import (
 	"flag"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,5 +61,21 @@ func TestConfigArgsRoundTrip(t *testing.T) {
 				t.Errorf("Args does not render flags %q", u)
 			}
 		})
+	}
+}
+
+// A static seed may name its host, as the configuration's
+// gossip.staticSeeds allows (memberlist resolves it); it needs a port.
+func TestStaticSeedsByName(t *testing.T) {
+	c := fullConfig()
+	c.Seeds, c.StaticSeeds = "static", stringList{"cp-0.internal.example.k8s.local:3996", "10.0.0.2:3996"}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("seeds by name refused: %v", err)
+	}
+	for _, bad := range []string{"cp-0.internal.example.k8s.local", ":3996", "cp-0:0", "cp-0:x"} {
+		c.StaticSeeds = stringList{bad}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--static-seed[0]") {
+			t.Errorf("static seed %q: %v", bad, err)
+		}
 	}
 }

@@ -195,7 +195,7 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("--static-seed: at least one with -seeds=static"))
 		}
 		for i, s := range c.StaticSeeds {
-			if _, err := parseHostPort(s); err != nil {
+			if err := validateSeed(s); err != nil {
 				errs = append(errs, fmt.Errorf("--static-seed[%d]: %w", i, err))
 			}
 		}
@@ -242,6 +242,20 @@ func parseHostPort(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q is not ip:port", s)
 	}
 	return ap, nil
+}
+
+// validateSeed checks a static seed: host:port, the host an address or a
+// name (memberlist resolves names when it joins), as the configuration's
+// gossip.staticSeeds allows.
+func validateSeed(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: %q is not a port number (1 to 65535)", s, port)
+	}
+	return nil
 }
 
 // SelfAddr in a --publish list stands for this node's advertise address, so
