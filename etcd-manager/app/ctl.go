@@ -85,7 +85,7 @@ func EtcdManagerCtl() *cli.App {
 		Commands: []*cli.Command{
 			getSpecCommand(), setSpecCommand(), ctlStatusCommand(), queueCommand(),
 			listBackupsCommand(), backupNowCommand(), restoreBackupCommand(), restoreToCommand(),
-			listCommandsCommand(), deleteCommandCommand(), deleteBackupCommand(),
+			listCommandsCommand(), deleteCommandCommand(), deleteBackupCommand(), recoverQuorumCommand(),
 		},
 	}
 }

@@ -159,3 +159,17 @@ func DeleteCommand(ctx context.Context, st store.Store, l Layout, id string, for
 	}
 	return r, nil
 }
+
+// KindRecoverQuorum rebuilds a cluster that lost its quorum for good from
+// the surviving member named by Args["member"]: that member's instance
+// (not the leader, which may not exist) takes the lease, claims the
+// command, keeps its data aside and restarts its etcd with
+// --force-new-cluster; the leader then adds the replacements as learners
+// (docs/etcd-manager.md, "Quorum loss").
+const KindRecoverQuorum = "recover-quorum"
+
+// QuorumReportsPrefix is the folder of the instances' quorum-loss reports.
+func (l Layout) QuorumReportsPrefix() string { return path.Join(l.Prefix(), "quorum") + "/" }
+
+// QuorumReportKey is one instance's quorum-loss report.
+func (l Layout) QuorumReportKey(id string) string { return path.Join(l.Prefix(), "quorum", id) }

@@ -43,6 +43,11 @@ type Config struct {
 	// ExtraEnv is added to the environment (tests).
 	ExtraEnv []string
 	Logger   *slog.Logger
+
+	// ForceNewCluster starts etcd with --force-new-cluster: the member's
+	// data becomes a one-member cluster (quorum-loss recovery; run once,
+	// then restart without it).
+	ForceNewCluster bool
 }
 
 // BinaryPath returns <root>/v<version>/etcd, or an error naming the version
@@ -120,6 +125,9 @@ func (c Config) Args() []string {
 		"--logger=zap",
 		"--log-outputs=stderr",
 		"--strict-reconfig-check=true",
+	}
+	if c.ForceNewCluster {
+		a = append(a, "--force-new-cluster")
 	}
 	if c.PeerTLS.CertFile != "" {
 		a = append(a,

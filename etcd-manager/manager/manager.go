@@ -92,6 +92,8 @@ type Manager struct {
 	restores restoreRuntime
 	// retention is the leader's memory of its retention passes.
 	retention retentionState
+	// quorum is the quorum-loss plan and recovery (quorumloss.go).
+	quorum quorumState
 }
 
 // Start validates cfg, loads the identity, issues certificates, serves

@@ -46,6 +46,9 @@ func (m *Manager) Info(ctx context.Context) (peer.Info, error) {
 			info.EtcdHealthy = true
 			info.MemberID = strconv.FormatUint(id, 16)
 			info.EtcdLearner = learner
+		} else {
+			// No raft leader: how far this member got (quorumloss.go).
+			info.RaftIndex, info.RaftTerm, info.Revision = m.localRaftPosition(ctx)
 		}
 	}
 	return info, nil
@@ -250,6 +253,7 @@ func (m *Manager) startEtcdLocked() error {
 		ClientTLS:           m.certs.serverFiles(),
 		LogLevel:            m.cfg.EtcdLogLevel,
 		Logger:              m.logger,
+		ForceNewCluster:     m.takeForceNewCluster(),
 	}
 	if err := m.restoreEtcdConfig(&cfg); err != nil {
 		return err

@@ -63,6 +63,9 @@ func (m *Manager) tick(ctx context.Context) error {
 		m.stepDown(ctx, "cannot read a valid spec")
 		return specErr
 	}
+	if handled, err := m.quorumLossTick(ctx, spec, infos); handled {
+		return err
+	}
 	wasLeader, heldTerm := m.lease.IsLeader()
 	want, why := leaseIntent(self.ID, infos, spec.MemberCount, wasLeader, m.expiredHolder())
 	m.elect.candidate.Store(want && !wasLeader)

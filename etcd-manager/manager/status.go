@@ -42,6 +42,9 @@ type Status struct {
 	// leader takes them; the last good one is read from the store when
 	// an instance becomes leader).
 	Backups *BackupStatus `json:"backups,omitempty"`
+	// QuorumLoss, while the etcd quorum is lost, is the recovery this
+	// instance would follow (quorumloss.go).
+	QuorumLoss *QuorumLossStatus `json:"quorumLoss,omitempty"`
 }
 
 // MemberStatus is one etcd member.
@@ -72,6 +75,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	s.Peers = append([]peer.Info(nil), s.Peers...)
 	s.APIServerClientCert = m.apiserverStatusLocked()
 	s.Backups = m.backupStatusLocked()
+	s.QuorumLoss = m.quorumStatusLocked()
 	return s, nil
 }
 

@@ -41,6 +41,12 @@ type Info struct {
 	CertNotAfter time.Time `json:"certNotAfter"`
 	// DataDirEmpty: no etcd member data on disk.
 	DataDirEmpty bool `json:"dataDirEmpty"`
+	// RaftIndex, RaftTerm and Revision are the local member's position,
+	// reported when its etcd answers but is not healthy (no raft leader):
+	// quorum-loss recovery picks the survivor that got furthest.
+	RaftIndex uint64 `json:"raftIndex,omitempty"`
+	RaftTerm  uint64 `json:"raftTerm,omitempty"`
+	Revision  int64  `json:"revision,omitempty"`
 	// Leader is the leader this instance believes in, and its term.
 	Leader     string `json:"leader,omitempty"`
 	LeaderTerm int64  `json:"leaderTerm,omitempty"`
