@@ -82,6 +82,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
 	fs.DurationVar(&f.cfg.Backups.Interval, "backup-interval", d.Backups.Interval, "interval of the leader's scheduled full backups (0: none; backups before membership changes and backup-now still run)")
 	fs.StringVar(&f.backupStore, "backup-store", "", "store URL the backups go to, with the --store settings (default: the state store)")
+	fs.DurationVar(&f.cfg.Backups.DeltaInterval, "delta-interval", d.Backups.DeltaInterval, "the most a change waits before the leader writes it in a delta segment of the backup store (point-in-time recovery; 0: no deltas)")
 	fs.IntVar(&f.cfg.Backups.Retention.HourlyDays, "backup-retention-hourly-days", d.Backups.Retention.HourlyDays, "keep one full backup per hour for this many days (everything from the last hour is always kept)")
 	fs.IntVar(&f.cfg.Backups.Retention.DailyDays, "backup-retention-daily-days", d.Backups.Retention.DailyDays, "keep one full backup per day for this many days")
 	fs.StringVar(&f.cfg.EtcdLogLevel, "etcd-log-level", d.EtcdLogLevel, "etcd's --log-level")
@@ -312,6 +313,16 @@ func PrintStatus(w io.Writer, st manager.Status) error {
 		}
 		if !b.NextScheduled.IsZero() {
 			fmt.Fprintf(tw, "next backup:\t%s (every %s, to %s)\n", b.NextScheduled.UTC().Format(time.RFC3339), b.Interval, b.Store)
+		}
+	}
+	if d := st.Deltas; d != nil {
+		rpo := "not following"
+		if d.Following {
+			rpo = fmt.Sprintf("%.1fs (durable as of %s)", d.RPOSeconds, d.DurableAsOf.UTC().Format(time.RFC3339Nano))
+		}
+		fmt.Fprintf(tw, "deltas:\tlast durable revision %d, RPO %s, chain of %d segment(s) from %s (every %s)\n", d.LastDurableRevision, rpo, d.ChainLength, d.ChainBase, d.Interval)
+		if d.LastError != "" {
+			fmt.Fprintf(tw, "delta error:\t%s: %s\n", d.FailureReason, d.LastError)
 		}
 	}
 	if a := st.APIServerClientCert; a != nil {

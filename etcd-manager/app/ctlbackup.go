@@ -18,7 +18,7 @@ import (
 func listBackupsCommand() *cli.Command {
 	f := &ctlFlags{}
 	return &cli.Command{
-		Name: "list-backups", Summary: "list the full backups, newest first (incomplete and unreadable ones too)",
+		Name: "list-backups", Summary: "list the full backups, newest first (incomplete and unreadable ones too), and the recoverable range with the delta segments",
 		Flags: func(fs *flag.FlagSet) {
 			f.bind(fs)
 			f.bindBackupStore(fs)
@@ -38,7 +38,17 @@ func listBackupsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return cli.Print(env.Stdout, f.out, ls, func(w io.Writer) error { return printBackups(w, ls, bst, time.Now()) })
+			segs, err := backup.ListSegments(ctx, bst, l)
+			if err != nil {
+				return err
+			}
+			bl := newBackupList(ls, segs)
+			return cli.Print(env.Stdout, f.out, bl, func(w io.Writer) error {
+				if err := printBackups(w, ls, bst, time.Now()); err != nil {
+					return err
+				}
+				return printRecoverable(w, bl, time.Now())
+			})
 		},
 	}
 }

@@ -32,11 +32,15 @@ type BackupConfig struct {
 	// RetentionInterval is how often the leader applies retention besides
 	// after each good full backup (default an hour).
 	RetentionInterval time.Duration
+	// DeltaInterval is the most a change waits before the leader writes
+	// it in a delta segment (deltas.go); 0 turns deltas off. The flag
+	// --delta-interval.
+	DeltaInterval time.Duration
 }
 
 // DefaultBackupConfig is a backup every 15 minutes into the state store.
 func DefaultBackupConfig() BackupConfig {
-	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute, Retention: backup.DefaultPolicy(), RetentionInterval: time.Hour}
+	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute, Retention: backup.DefaultPolicy(), RetentionInterval: time.Hour, DeltaInterval: 5 * time.Second}
 }
 
 // Validate returns every problem, naming the field.
@@ -53,6 +57,9 @@ func (b BackupConfig) Validate() error {
 	}
 	if b.RetentionInterval <= 0 {
 		errs = append(errs, fmt.Errorf("backups.retentionInterval: %s must be positive", b.RetentionInterval))
+	}
+	if b.DeltaInterval < 0 {
+		errs = append(errs, fmt.Errorf("backups.deltaInterval: %s is negative", b.DeltaInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -170,6 +177,7 @@ func (m *Manager) spoolDir() string { return filepath.Join(m.cfg.DataDir, "backu
 // stops the one of a term that ended. Only the loop goroutine (and Close,
 // after the loop ended) calls it.
 func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
+	m.syncDeltaRunner(isLeader, term)
 	m.mu.Lock()
 	r := m.backupRunner
 	closing := m.closing
@@ -201,6 +209,7 @@ func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
 // stopBackups cancels the backup goroutine and waits for every one
 // started: Close and Kill call it after the loop ended.
 func (m *Manager) stopBackups() {
+	m.stopDeltas()
 	m.mu.Lock()
 	r := m.backupRunner
 	m.backupRunner = nil

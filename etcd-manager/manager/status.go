@@ -42,6 +42,8 @@ type Status struct {
 	// leader takes them; the last good one is read from the store when
 	// an instance becomes leader).
 	Backups *BackupStatus `json:"backups,omitempty"`
+	// Deltas is the leader's delta chain: last durable revision and RPO.
+	Deltas *DeltaStatus `json:"deltas,omitempty"`
 	// QuorumLoss, while the etcd quorum is lost, is the recovery this
 	// instance would follow (quorumloss.go).
 	QuorumLoss *QuorumLossStatus `json:"quorumLoss,omitempty"`
@@ -75,6 +77,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	s.Peers = append([]peer.Info(nil), s.Peers...)
 	s.APIServerClientCert = m.apiserverStatusLocked()
 	s.Backups = m.backupStatusLocked()
+	s.Deltas = m.deltaStatus()
 	s.QuorumLoss = m.quorumStatusLocked()
 	return s, nil
 }
@@ -201,6 +204,8 @@ type metrics struct {
 
 	// Retention (retention.go).
 	retention *retentionMetrics
+	// Delta segments (deltas.go).
+	delta *deltaMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
@@ -242,6 +247,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		mt.backupDuration, mt.backupSize, mt.backupsTotal, mt.backupBytes, mt.backupFailures, age}
 	mt.retention = newRetentionMetrics(labels)
 	mt.cs = append(mt.cs, mt.retention.collectors()...)
+	mt.delta = newDeltaMetrics(m, labels)
+	mt.cs = append(mt.cs, mt.delta.collectors()...)
 	if m.cfg.APIServerClientCertDir != "" {
 		mt.apiserverExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_apiserver_client_cert_expiry_timestamp_seconds",
 			Help: "NotAfter (Unix seconds) of the API server's etcd client certificate this instance keeps; 0 until there is one.", ConstLabels: labels})
