@@ -30,7 +30,10 @@ type Config struct {
 	Health func(ctx context.Context) error
 	// Status returns the daemon's status document; optional.
 	Status func(ctx context.Context) (any, error)
-	Logger *slog.Logger
+	// Handlers are further routes (http.ServeMux patterns) a daemon serves
+	// beside these, such as the gossip daemon's local records API.
+	Handlers map[string]http.Handler
+	Logger   *slog.Logger
 }
 
 // Server is a running endpoint server. Close stops it.
@@ -88,6 +91,9 @@ func Start(cfg Config) (*Server, error) {
 			enc.SetIndent("", "  ")
 			_ = enc.Encode(v)
 		})
+	}
+	for pattern, h := range cfg.Handlers {
+		mux.Handle(pattern, h)
 	}
 	s := &Server{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},

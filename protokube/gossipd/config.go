@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kopsnode/agents/gossip/localapi"
 	"github.com/kopsnode/agents/gossip/membership"
 	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
@@ -23,8 +24,9 @@ import (
 	"github.com/kopsnode/agents/protokube/podnet"
 )
 
-// DefaultStatusAddr is where the daemon serves /healthz, /metrics and /status.
-const DefaultStatusAddr = "127.0.0.1:3993"
+// DefaultStatusAddr is where the daemon serves /healthz, /metrics, /status
+// and the local records API of package gossip/localapi.
+const DefaultStatusAddr = localapi.DefaultAddr
 
 // Config is the daemon's configuration; every field has a flag.
 type Config struct {

@@ -64,6 +64,7 @@ type Daemon struct {
 	reg     *seeds.Registration
 	hostsW  *hostsfile.Hosts
 	podnet  *podnet.Controller
+	pub     *publisher
 	zone    string
 	closers []func() error
 
@@ -144,6 +145,7 @@ func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
 		return fmt.Errorf("starting the record table: %w", err)
 	}
 	d.closers = append(d.closers, d.table.Close)
+	d.pub = newPublisher(d.table, nil)
 
 	bind, _ := parseHostPort(cfg.Bind)
 	mc := membership.DefaultConfig(cfg.NodeName)
@@ -245,6 +247,7 @@ func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
 		Registry: registry,
 		Health:   d.health,
 		Status:   func(context.Context) (any, error) { return d.Status(), nil },
+		Handlers: d.pub.handlers(),
 		Logger:   log,
 	})
 	if err != nil {
@@ -257,8 +260,9 @@ func (d *Daemon) start(ctx context.Context, deps Deps) (err error) {
 	}, func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(d.lastSync.Names) }))
 
 	d.sync(ctx)
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.syncLoop()
+	go d.expireLoop()
 	log.Info("gossip started", "node", cfg.NodeName, "addr", d.node.Addr(), "zone", d.zone, "dns", d.DNSAddr(), "status", d.obs.Addr())
 	return nil
 }
@@ -306,6 +310,23 @@ func (d *Daemon) health(ctx context.Context) error {
 		errs = append(errs, d.podnet.Health())
 	}
 	return errors.Join(errs...)
+}
+
+// expireLoop withdraws the local API's publications whose lease ended.
+func (d *Daemon) expireLoop() {
+	defer d.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+			for _, key := range d.pub.expire() {
+				d.log.Info("withdrew a record whose publisher stopped refreshing it", "key", key)
+			}
+		}
+	}
 }
 
 func (d *Daemon) syncLoop() {
