@@ -325,6 +325,7 @@ func PrintStatus(w io.Writer, st manager.Status) error {
 			fmt.Fprintf(tw, "delta error:\t%s: %s\n", d.FailureReason, d.LastError)
 		}
 	}
+	printRetentionQuorum(tw, st)
 	if a := st.APIServerClientCert; a != nil {
 		cert := "none yet"
 		if a.Serial != "" {
