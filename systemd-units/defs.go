@@ -68,13 +68,15 @@ func EtcdDataDir(etcdCluster string) string { return "/mnt/etcd/" + etcdCluster 
 // protokube etcd-volumes.
 const NodeConfigCopy = "/etc/nodeup/nodeconfig.yaml"
 
-// ProtokubeEtcdVolumes is protokube-etcd-volumes.service: it mounts each etcd
-// member's volume and then starts its etcd-manager unit.
+// ProtokubeEtcdVolumes is protokube-etcd-volumes.service: it holds a member
+// slot per etcd cluster (a lease in the state store, hence the network),
+// mounts the slot's volume and then starts its etcd-manager unit.
 func ProtokubeEtcdVolumes(args []string) Unit {
 	return Unit{
 		Name:        "protokube-etcd-volumes.service",
 		Description: "protokube: mount the etcd volumes, then start etcd-manager",
-		After:       []string{"local-fs.target"},
+		Wants:       []string{"network-online.target"},
+		After:       []string{"local-fs.target", "network-online.target"},
 		ExecStart:   ExecLine(ProtokubeBin, args),
 		Restart:     "always",
 		RestartSec:  "5",

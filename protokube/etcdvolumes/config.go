@@ -1,9 +1,14 @@
 // Package etcdvolumes is `protokube etcd-volumes`: on a control-plane node it
-// mounts the volume of each etcd member the node runs (volumes.Ensure, which
-// formats only blank devices and refuses volumes of other members) and only
-// then starts the member's etcd-manager unit, which nodeup installs without
-// an [Install] section. It is level-triggered: every pass re-checks every
-// member, and failures are retried with a per-member backoff.
+// holds one member slot per etcd cluster of the node (package volumes/slots:
+// a lease in the state store, the slot of the volume attached here or a free
+// one), mounts the slot's volume (volumes.Ensure, which formats only blank
+// devices, writing the slot into the volume's identity file, and refuses
+// volumes of other slots) and only then starts the member's etcd-manager
+// unit, which nodeup installs without an [Install] section and which takes
+// the slot from the volume as its identity. The volume provider and its
+// settings come from the node configuration, not from flags. It is
+// level-triggered: every pass re-checks every member and renews its lease,
+// and failures are retried with a per-member backoff.
 package etcdvolumes
 
 import (
@@ -11,32 +16,32 @@ import (
 	"flag"
 	"fmt"
 	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
+	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
-	"github.com/kopsnode/agents/volumes/local"
+	"github.com/kopsnode/agents/pkg/store/storeurl"
+	"github.com/kopsnode/agents/volumes/slots"
 )
 
 // DefaultStatusAddr is where the daemon serves /healthz, /metrics and
 // /status. (protokube gossip uses 127.0.0.1:3993.)
 const DefaultStatusAddr = "127.0.0.1:3990"
 
-// Config configures the command; flags bind to it.
+// Config configures the command; flags bind to it. The volume provider and
+// its settings are not flags: they come from the node configuration
+// (spec.volume, etcdClusters[].volume).
 type Config struct {
 	// ConfigFile is a local copy of the node's NodeConfig
 	// (<store>/<cluster>/nodeup/<group>.yaml).
 	ConfigFile string
-	// MemberID is this node's etcd member name, part of every volume's
-	// identity. Empty: the host name.
-	MemberID string
-	// Devices maps an etcd cluster name to the device that holds, or will
-	// hold, its member's volume (the local provider's Devices).
-	Devices map[string]string
-	// Scan lists glob patterns searched for an existing volume by label
-	// (the local provider's Scan); empty: every block device.
-	Scan []string
+	// Store opens the state store, where the member slot leases are.
+	Store storeurl.Settings
+	// SlotLease is how long this machine's lease on a slot lasts without
+	// renewal; it is renewed on every pass, so it must be longer than
+	// Interval and MaxBackoff. A replacement machine adopts a dead
+	// machine's slot once its lease lapsed.
+	SlotLease time.Duration
 	// Root prefixes every mount target (default "/"): tests mount under a
 	// temporary directory.
 	Root string
@@ -63,7 +68,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Devices:       map[string]string{},
+		SlotLease:     slots.DefaultLease,
 		Root:          "/",
 		Interval:      30 * time.Second,
 		MinBackoff:    2 * time.Second,
@@ -72,53 +77,15 @@ func DefaultConfig() Config {
 		PollInterval:  500 * time.Millisecond,
 		StatusListen:  DefaultStatusAddr,
 		Output:        "text",
+		Log:           logging.DefaultOptions(),
 	}
 }
-
-// deviceFlag is a repeatable NAME=PATH flag.
-type deviceFlag map[string]string
-
-func (d deviceFlag) String() string {
-	keys := make([]string, 0, len(d))
-	for k := range d {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + d[k]
-	}
-	return strings.Join(parts, ",")
-}
-
-func (d deviceFlag) Set(s string) error {
-	name, path, ok := strings.Cut(s, "=")
-	if !ok || name == "" || path == "" {
-		return fmt.Errorf("%q is not ETCD_CLUSTER=DEVICE (for example main=/dev/disk/by-id/nvme-...)", s)
-	}
-	d[name] = path
-	return nil
-}
-
-type listFlag struct{ l *[]string }
-
-func (f listFlag) String() string {
-	if f.l == nil {
-		return ""
-	}
-	return strings.Join(*f.l, ",")
-}
-func (f listFlag) Set(s string) error { *f.l = append(*f.l, s); return nil }
 
 // AddFlags binds the flags to c.
 func (c *Config) AddFlags(fs *flag.FlagSet) {
-	if c.Devices == nil {
-		c.Devices = map[string]string{}
-	}
 	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "the node's NodeConfig file (a local copy of <store>/<cluster>/nodeup/<group>.yaml); required")
-	fs.StringVar(&c.MemberID, "member-id", c.MemberID, "this node's etcd member name, recorded in each volume's identity (default: the host name)")
-	fs.Var(deviceFlag(c.Devices), "device", "ETCD_CLUSTER=DEVICE: the device holding or to hold that etcd cluster's volume, formatted only if blank (repeatable)")
-	fs.Var(listFlag{&c.Scan}, "scan", "glob of devices searched for an existing volume by its label (repeatable; default every block device)")
+	c.Store.AddFlags(fs) // --store (required), --store-endpoint, --store-region, --store-path-style
+	fs.DurationVar(&c.SlotLease, "slot-lease", c.SlotLease, "how long this machine's lease on its member slots lasts without renewal (renewed every pass)")
 	fs.StringVar(&c.Root, "root", c.Root, "prefix of the mount targets /mnt/etcd/<name> (for tests)")
 	fs.DurationVar(&c.Interval, "interval", c.Interval, "how often ready members are checked again")
 	fs.DurationVar(&c.MinBackoff, "min-backoff", c.MinBackoff, "first retry delay of a failing member")
@@ -130,11 +97,36 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Log.AddFlags(fs)
 }
 
+// Args renders c as the command's arguments, the inverse of AddFlags:
+// "etcd-volumes" and every flag whose value is not the default (nodeup
+// renders the unit with it).
+func (c Config) Args() []string {
+	d := DefaultConfig()
+	var b flagargs.Builder
+	b.Raw("etcd-volumes")
+	b.Always("config", c.ConfigFile)
+	b.Raw(c.Store.Args()...)
+	b.Duration("slot-lease", c.SlotLease, d.SlotLease)
+	b.String("root", c.Root, d.Root)
+	b.Duration("interval", c.Interval, d.Interval)
+	b.Duration("min-backoff", c.MinBackoff, d.MinBackoff)
+	b.Duration("max-backoff", c.MaxBackoff, d.MaxBackoff)
+	b.Duration("device-timeout", c.DeviceTimeout, d.DeviceTimeout)
+	b.String("status-listen", c.StatusListen, d.StatusListen)
+	b.Bool("once", c.Once, d.Once)
+	b.String("o", c.Output, d.Output)
+	b.Raw(c.Log.Args()...)
+	return b.Args()
+}
+
 // Validate reports every problem, naming the flag.
 func (c Config) Validate() error {
 	var errs []error
 	if c.ConfigFile == "" {
 		errs = append(errs, errors.New("--config: required"))
+	}
+	if err := c.Store.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if !filepath.IsAbs(c.Root) {
 		errs = append(errs, fmt.Errorf("--root: %q is not an absolute path", c.Root))
@@ -142,7 +134,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
-	}{{"--interval", c.Interval}, {"--min-backoff", c.MinBackoff}, {"--max-backoff", c.MaxBackoff}, {"--device-timeout", c.DeviceTimeout}, {"poll interval", c.PollInterval}} {
+	}{{"--interval", c.Interval}, {"--min-backoff", c.MinBackoff}, {"--max-backoff", c.MaxBackoff}, {"--device-timeout", c.DeviceTimeout}, {"poll interval", c.PollInterval}, {"--slot-lease", c.SlotLease}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %s is not positive", d.flag, d.v))
 		}
@@ -150,13 +142,13 @@ func (c Config) Validate() error {
 	if c.MaxBackoff < c.MinBackoff {
 		errs = append(errs, fmt.Errorf("--max-backoff: %s is less than --min-backoff %s", c.MaxBackoff, c.MinBackoff))
 	}
+	if c.SlotLease > 0 && (c.SlotLease <= c.Interval || c.SlotLease <= c.MaxBackoff) {
+		errs = append(errs, fmt.Errorf("--slot-lease: %s must be longer than --interval %s and --max-backoff %s: the lease is renewed on each pass", c.SlotLease, c.Interval, c.MaxBackoff))
+	}
 	switch c.Output {
 	case "", "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("-o: %q is not one of text, json", c.Output))
-	}
-	if err := (local.Config{Devices: c.Devices, Scan: c.Scan}).Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("--device/--scan: %w", err))
 	}
 	if err := c.Log.Validate(); err != nil {
 		errs = append(errs, err)
