@@ -23,7 +23,15 @@ func DeleteFull(ctx context.Context, st store.Store, l control.Layout, name stri
 	if err := st.Delete(ctx, MetaKey(l, name)); err != nil {
 		return fmt.Errorf("deleting backup %s: %w", name, err)
 	}
-	return deleteFolder(ctx, st, path.Join(FullPrefix(l), name)+"/", name)
+	if err := deleteFolder(ctx, st, path.Join(FullPrefix(l), name)+"/", name); err != nil {
+		return err
+	}
+	// Its verification record goes last: until then it is still a
+	// verified backup's record, of a backup no reader uses.
+	if err := st.Delete(ctx, VerificationKey(l, name)); err != nil {
+		return fmt.Errorf("deleting the verification record of backup %s: %w", name, err)
+	}
+	return nil
 }
 
 func deleteFolder(ctx context.Context, st store.Store, prefix, name string) error {
@@ -120,14 +128,19 @@ func ApplyRetention(ctx context.Context, st store.Store, l control.Layout, plan 
 	return res
 }
 
-// ReadInventory lists the full backups for retention. Invalid backups
-// (a meta object that does not parse) are returned apart: retention never
-// deletes them (a newer etcd-manager may have written them), it reports
-// them. Segments and Verified are the caller's to fill in.
+// ReadInventory lists the full backups for retention, with the names of
+// those whose last test restore passed (Verified). Invalid backups (a meta
+// object that does not parse) are returned apart: retention never deletes
+// them (a newer etcd-manager may have written them), it reports them.
+// Segments are the caller's to fill in.
 func ReadInventory(ctx context.Context, st store.Store, l control.Layout) (Inventory, []Invalid, error) {
 	ls, err := List(ctx, st, l)
 	if err != nil {
 		return Inventory{}, nil, err
 	}
-	return Inventory{Fulls: ls.Backups, Incomplete: ls.Incomplete}, ls.Invalid, nil
+	verified, err := Verified(ctx, st, l)
+	if err != nil {
+		return Inventory{}, nil, err
+	}
+	return Inventory{Fulls: ls.Backups, Incomplete: ls.Incomplete, Verified: verified}, ls.Invalid, nil
 }

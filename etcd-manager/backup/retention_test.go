@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -261,8 +262,8 @@ func TestApplyRetentionFileStore(t *testing.T) {
 	if res.Err != nil || res.DeletedFulls != 1 {
 		t.Fatalf("apply: %+v", res)
 	}
-	if len(rs.deletes) != 2 || rs.deletes[0] != backup.MetaKey(layout, a.Name) || rs.deletes[1] != backup.DataKey(layout, a.Name) {
-		t.Fatalf("deletes %v, want the meta object then the data object of %s", rs.deletes, a.Name)
+	if len(rs.deletes) != 3 || rs.deletes[0] != backup.MetaKey(layout, a.Name) || rs.deletes[1] != backup.DataKey(layout, a.Name) || rs.deletes[2] != backup.VerificationKey(layout, a.Name) {
+		t.Fatalf("deletes %v, want the meta object, the data object, then the verification record of %s", rs.deletes, a.Name)
 	}
 	ls, err := backup.List(ctx, rs, layout)
 	if err != nil || !slices.Equal(names(ls.Backups), []string{b.Name, c.Name}) || len(ls.Incomplete) != 0 {
@@ -289,6 +290,33 @@ func TestApplyRetentionFileStore(t *testing.T) {
 	}
 	if res := backup.ApplyRetention(ctx, rs, layout, plan, nil); res.Err != nil || res.DeletedIncomplete != 1 {
 		t.Fatalf("apply: %+v", res)
+	}
+	// A passed test restore of b makes b the protected backup: c (newer,
+	// not verified) may go, b may not; deleting a backup removes its
+	// verification record.
+	putFake(t, rs, b)
+	if err := backup.WriteVerification(ctx, rs, layout, backup.Verification{Backup: b.Name, OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	inv, _, err = backup.ReadInventory(ctx, rs, layout)
+	if err != nil || !inv.Verified[b.Name] || len(inv.Verified) != 1 {
+		t.Fatalf("inventory verified %v (%v), want only %s", inv.Verified, err, b.Name)
+	}
+	if p, verified, _ := backup.Protected(inv.Fulls, inv.Verified); p.Name != b.Name || !verified {
+		t.Fatalf("protected %s (verified %v), want %s", p.Name, verified, b.Name)
+	}
+	if err := backup.WriteVerification(ctx, rs, layout, backup.Verification{Backup: c.Name, OK: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := backup.DeleteFull(ctx, rs, layout, c.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backup.ReadVerification(ctx, rs, layout, c.Name); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the verification record of a deleted backup: %v, want not found", err)
+	}
+	putFake(t, rs, c)
+	if err := backup.DeleteFull(ctx, rs, layout, b.Name); err != nil {
+		t.Fatal(err)
 	}
 	// A plan that would delete the protected backup is refused whole.
 	res = backup.ApplyRetention(ctx, rs, layout, backup.RetentionPlan{Delete: []string{c.Name}, Protected: c.Name}, nil)
