@@ -15,6 +15,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/identity"
 	"github.com/kopsnode/agents/etcd-manager/peer"
 	"github.com/kopsnode/agents/etcd-manager/quorum"
+	"github.com/kopsnode/agents/etcd-manager/restore"
 	"github.com/kopsnode/agents/pkg/store"
 )
 
@@ -131,7 +132,13 @@ func (m *Manager) quorumLossTick(ctx context.Context, spec control.Spec, infos m
 	want, _ := leaseIntent(self, infos, spec.MemberCount, holding, m.expiredHolder())
 	memberInDoubt := token != "" && !infos[self].EtcdHealthy
 	leaderInDoubt := (want || holding) && healthy < control.Quorum(spec.MemberCount)
-	if !memberInDoubt && !leaderInDoubt {
+	// A member in a restore (stopped, restoring, quarantined) has no
+	// quorum on purpose: the restore, not this, is in charge.
+	inRestore := false
+	if r := infos[self].Restore; r != nil && r.Step != "" && r.Step != string(restore.StepOpen) {
+		inRestore = true
+	}
+	if (!memberInDoubt && !leaderInDoubt) || inRestore {
 		m.clearQuorumLoss(ctx, self)
 		return false, nil
 	}
