@@ -64,10 +64,8 @@ func PosAfter(s SegmentMeta) ChainPos {
 // FollowOptions configure a Follower.
 type FollowOptions struct {
 	// Interval bounds how long a received event waits before its segment
-	// is durable: a segment is written when its oldest event is four
-	// fifths of Interval old (earlier when recent writes took longer than
-	// a tenth of it: twice their time before the interval is up). Must be
-	// positive.
+	// is durable: a segment is written when its oldest event is Interval
+	// old, less the time recent writes took. Must be positive.
 	Interval time.Duration
 	// MaxSegmentBytes (uncompressed) writes a segment sooner; the events
 	// held in memory are bounded at twice it plus one watch response, and
@@ -216,9 +214,7 @@ func (f *Follower) Run(ctx context.Context) error {
 			if f.pendingBytes >= f.o.MaxSegmentBytes {
 				due = 0
 			} else {
-				// Written early enough that the write itself, and a
-				// loaded machine's late timer, still fit in the interval.
-				due = max(0, f.pending[0].at.Add(f.o.Interval-max(2*flushEst, f.o.Interval/5)).Sub(f.o.Now()))
+				due = max(0, f.pending[0].at.Add(f.o.Interval-flushEst).Sub(f.o.Now()))
 			}
 		}
 		f.mu.Unlock()

@@ -266,9 +266,13 @@ func (m *Manager) recoverQuorum(ctx context.Context, c control.Command) error {
 		m.mu.Unlock()
 	}()
 	m.logger.Warn("recovering the etcd quorum from this member", "command", c.ID, "term", term)
-	// The recovery outlives the tick's deadline; the lease keeper renews
-	// the lease meanwhile.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	// The recovery outlives the tick's deadline (the lease keeper renews
+	// the lease meanwhile) but not the manager: Close cancels loopCtx.
+	base := m.loopCtx
+	if base == nil {
+		base = context.WithoutCancel(ctx)
+	}
+	rctx, cancel := context.WithTimeout(base, 5*time.Minute)
 	defer cancel()
 	detail, rerr := m.forceNewCluster(rctx, c)
 	if rerr != nil {
