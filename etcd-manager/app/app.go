@@ -81,6 +81,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.PeerTimeout, "peer-timeout", d.PeerTimeout, "timeout of one peer call")
 	fs.DurationVar(&f.cfg.DeadMemberThreshold, "dead-member-threshold", d.DeadMemberThreshold, "how long a member must be down before a waiting peer replaces it")
 	fs.DurationVar(&f.cfg.Backups.Interval, "backup-interval", d.Backups.Interval, "interval of the leader's scheduled full backups (0: none; backups before membership changes and backup-now still run)")
+	fs.DurationVar(&f.cfg.Backups.VerifyInterval, "verify-interval", d.Backups.VerifyInterval, "interval of the leader's verification of the newest backup by a test restore into a throwaway etcd (0: only after restores)")
 	fs.StringVar(&f.backupStore, "backup-store", "", "store URL the backups go to, with the --store settings (default: the state store)")
 	fs.DurationVar(&f.cfg.Backups.DeltaInterval, "delta-interval", d.Backups.DeltaInterval, "the most a change waits before the leader writes it in a delta segment of the backup store (point-in-time recovery; 0: no deltas)")
 	fs.IntVar(&f.cfg.Backups.Retention.HourlyDays, "backup-retention-hourly-days", d.Backups.Retention.HourlyDays, "keep one full backup per hour for this many days (everything from the last hour is always kept)")

@@ -84,7 +84,7 @@ func EtcdManagerCtl() *cli.App {
 		Summary: "read and write the etcd-manager control area of the state store",
 		Commands: []*cli.Command{
 			getSpecCommand(), setSpecCommand(), ctlStatusCommand(), queueCommand(),
-			listBackupsCommand(), backupNowCommand(), restoreBackupCommand(), restoreToCommand(),
+			listBackupsCommand(), backupNowCommand(), verifyBackupCommand(), restoreBackupCommand(), restoreToCommand(),
 			listCommandsCommand(), deleteCommandCommand(), deleteBackupCommand(), recoverQuorumCommand(),
 		},
 	}

@@ -120,15 +120,14 @@ func ReadVerification(ctx context.Context, st store.Store, l control.Layout, nam
 	return v, nil
 }
 
-// Verified returns the names of the backups whose last verification
-// passed (Inventory.Verified). A record that does not parse counts as not
-// verified; a store that fails is an error.
-func Verified(ctx context.Context, st store.Store, l control.Layout) (map[string]bool, error) {
+// Verifications returns every verification record, by backup name; a
+// record that does not parse is left out (a store that fails is an error).
+func Verifications(ctx context.Context, st store.Store, l control.Layout) ([]Verification, error) {
 	infos, err := st.List(ctx, VerificationPrefix(l))
 	if err != nil {
 		return nil, fmt.Errorf("listing verification records: %w", err)
 	}
-	out := map[string]bool{}
+	var out []Verification
 	for _, i := range infos {
 		name, ok := strings.CutSuffix(strings.TrimPrefix(i.Key, VerificationPrefix(l)), ".json")
 		if !ok || ValidateName(name) != nil {
@@ -142,8 +141,22 @@ func Verified(ctx context.Context, st store.Store, l control.Layout) (map[string
 			}
 			continue
 		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Verified returns the names of the backups whose last verification
+// passed (Inventory.Verified).
+func Verified(ctx context.Context, st store.Store, l control.Layout) (map[string]bool, error) {
+	vs, err := Verifications(ctx, st, l)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, v := range vs {
 		if v.OK {
-			out[name] = true
+			out[v.Backup] = true
 		}
 	}
 	return out, nil

@@ -32,6 +32,10 @@ type BackupConfig struct {
 	// RetentionInterval is how often the leader applies retention besides
 	// after each good full backup (default an hour).
 	RetentionInterval time.Duration
+	// VerifyInterval is how often the leader verifies the newest backup
+	// by a test restore (verify.go); 0 leaves only the verifications after
+	// restores. The flag --verify-interval.
+	VerifyInterval time.Duration
 	// DeltaInterval is the most a change waits before the leader writes
 	// it in a delta segment (deltas.go); 0 turns deltas off. The flag
 	// --delta-interval.
@@ -40,7 +44,7 @@ type BackupConfig struct {
 
 // DefaultBackupConfig is a backup every 15 minutes into the state store.
 func DefaultBackupConfig() BackupConfig {
-	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute, Retention: backup.DefaultPolicy(), RetentionInterval: time.Hour, DeltaInterval: 5 * time.Second}
+	return BackupConfig{Interval: 15 * time.Minute, FreshBeforeChange: time.Minute, Retention: backup.DefaultPolicy(), RetentionInterval: time.Hour, VerifyInterval: DefaultVerifyInterval, DeltaInterval: 5 * time.Second}
 }
 
 // Validate returns every problem, naming the field.
@@ -54,6 +58,9 @@ func (b BackupConfig) Validate() error {
 	}
 	if err := b.Retention.Validate("backups.retention"); err != nil {
 		errs = append(errs, err)
+	}
+	if b.VerifyInterval < 0 {
+		errs = append(errs, fmt.Errorf("backups.verifyInterval: %s is negative", b.VerifyInterval))
 	}
 	if b.RetentionInterval <= 0 {
 		errs = append(errs, fmt.Errorf("backups.retentionInterval: %s must be positive", b.RetentionInterval))
@@ -154,6 +161,8 @@ type BackupStatus struct {
 	NextScheduled time.Time `json:"nextScheduled,omitzero"`
 	// Retention is the retention policy and this instance's last pass.
 	Retention *RetentionStatus `json:"retention,omitempty"`
+	// Verification is the leader's test restores of the newest backup.
+	Verification *VerifyStatus `json:"verification,omitempty"`
 }
 
 // BackupSummary names one backup.
@@ -177,6 +186,7 @@ func (m *Manager) spoolDir() string { return filepath.Join(m.cfg.DataDir, "backu
 // stops the one of a term that ended. Only the loop goroutine (and Close,
 // after the loop ended) calls it.
 func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
+	m.syncVerifyRunner(isLeader, term)
 	m.syncDeltaRunner(isLeader, term)
 	m.mu.Lock()
 	r := m.backupRunner
@@ -209,6 +219,7 @@ func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
 // stopBackups cancels the backup goroutine and waits for every one
 // started: Close and Kill call it after the loop ended.
 func (m *Manager) stopBackups() {
+	m.stopVerify()
 	m.stopDeltas()
 	m.mu.Lock()
 	r := m.backupRunner
@@ -482,6 +493,7 @@ func (m *Manager) backupStatusLocked() *BackupStatus {
 		s.NextScheduled = b.nextScheduled
 	}
 	s.Retention = m.retentionStatusLocked()
+	s.Verification = m.verifyStatus()
 	if g := b.lastGood; g != nil {
 		s.LastGood = &BackupSummary{Name: g.Name, Started: g.Started, Revision: g.Revision, StoredSize: g.StoredSize}
 	}

@@ -204,6 +204,8 @@ type metrics struct {
 
 	// Retention (retention.go).
 	retention *retentionMetrics
+	// Verification by test restore (verify.go).
+	verify *verifyMetrics
 	// Delta segments (deltas.go).
 	delta *deltaMetrics
 }
@@ -247,6 +249,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		mt.backupDuration, mt.backupSize, mt.backupsTotal, mt.backupBytes, mt.backupFailures, age}
 	mt.retention = newRetentionMetrics(labels)
 	mt.cs = append(mt.cs, mt.retention.collectors()...)
+	mt.verify = newVerifyMetrics(m, labels)
+	mt.cs = append(mt.cs, mt.verify.collectors()...)
 	mt.delta = newDeltaMetrics(m, labels)
 	mt.cs = append(mt.cs, mt.delta.collectors()...)
 	if m.cfg.APIServerClientCertDir != "" {

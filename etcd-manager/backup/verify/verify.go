@@ -50,21 +50,22 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// ErrNothingToVerify is returned by Newest when there is no complete full
+// backup (a new cluster): not a failure.
+var ErrNothingToVerify = errors.New("no complete full backup to verify")
+
 // Newest verifies the newest complete full backup.
 func Newest(ctx context.Context, st store.Store, l control.Layout, o Options) (backup.Verification, error) {
 	ls, err := backup.List(ctx, st, l)
 	if err != nil {
-		return failed(o, "", backup.VerifyReasonStore, err)
+		now := clock(o)()
+		err = &Error{Reason: backup.VerifyReasonStore, Err: err}
+		return backup.Verification{Reason: backup.VerifyReasonStore, Error: err.Error(), Trigger: o.Trigger, Verifier: o.Verifier, Started: now, Finished: now}, err
 	}
 	if len(ls.Backups) == 0 {
-		return failed(o, "", backup.VerifyReasonStore, fmt.Errorf("no complete full backup in %s", store.JoinURL(st.URL(), backup.FullPrefix(l))))
+		return backup.Verification{}, fmt.Errorf("%w in %s", ErrNothingToVerify, store.JoinURL(st.URL(), backup.FullPrefix(l)))
 	}
 	return Backup(ctx, st, l, ls.Backups[0].Name, o)
-}
-
-func failed(o Options, name, reason string, err error) (backup.Verification, error) {
-	now := clock(o)()
-	return backup.Verification{Backup: name, Reason: reason, Error: err.Error(), Trigger: o.Trigger, Verifier: o.Verifier, Started: now, Finished: now}, err
 }
 
 func clock(o Options) func() time.Time {

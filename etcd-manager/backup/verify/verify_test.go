@@ -2,11 +2,7 @@ package verify_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
+	"github.com/kopsnode/agents/etcd-manager/backup/backuptest"
 	"github.com/kopsnode/agents/etcd-manager/backup/verify"
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/etcdprocess"
@@ -167,78 +163,6 @@ func TestVerifyGood(t *testing.T) {
 	}
 }
 
-// rewriteMeta replaces a backup's meta (the store refuses nothing: a
-// damaged or tampered backup area is what this test is about).
-func rewriteMeta(t *testing.T, st store.Store, m backup.Meta) {
-	t.Helper()
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Put(ctxT(t), backup.MetaKey(layout, m.Name), bytes.NewReader(b), store.Condition{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// DamageValue changes one byte of a stored value inside the backup's
-// database and stores it again with every hash fixed up (etcd's trailer,
-// the meta's db and stored sha256 and size): only a comparison of the
-// restored content with the meta's HashKV can catch it.
-func DamageValue(t *testing.T, st store.Store, m backup.Meta) {
-	t.Helper()
-	dir := t.TempDir()
-	snap, db := filepath.Join(dir, "snap"), filepath.Join(dir, "db")
-	if _, err := backup.Read(ctxT(t), st, layout, m.Name, snap); err != nil {
-		t.Fatal(err)
-	}
-	if err := backup.ExtractDB(snap, db); err != nil {
-		t.Fatal(err)
-	}
-	bdb, err := bolt.Open(db, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("key"))
-		k, v := b.Cursor().Last()
-		i := bytes.Index(v, []byte("e"))
-		if i < 0 {
-			return fmt.Errorf("no value byte to change in %q", v)
-		}
-		nv := bytes.Clone(v)
-		nv[i] = 'E'
-		return b.Put(bytes.Clone(k), nv)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bdb.Close(); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(raw)%512 != 0 { // bbolt files are whole pages: etcdutl must not take a tail for a hash
-		t.Fatalf("database of %d bytes", len(raw))
-	}
-	sum := sha256.Sum256(raw)
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	_, _ = zw.Write(raw)
-	_, _ = zw.Write(sum[:])
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Put(ctxT(t), m.Object, bytes.NewReader(gz.Bytes()), store.Condition{}); err != nil {
-		t.Fatal(err)
-	}
-	stored := sha256.Sum256(gz.Bytes())
-	m.DBSHA256, m.DBSize = hex.EncodeToString(sum[:]), int64(len(raw))
-	m.StoredSHA256, m.StoredSize = hex.EncodeToString(stored[:]), int64(gz.Len())
-	rewriteMeta(t, st, m)
-}
-
 // TestVerifyCatchesDamage: a value changed inside the database with every
 // hash fixed up, and a meta whose HashKV was tampered with, are both
 // caught by the content comparison and reported with what differed; a
@@ -253,7 +177,7 @@ func TestVerifyCatchesDamage(t *testing.T) {
 	t.Run("value changed", func(t *testing.T) {
 		st := fileStore(t)
 		m := take(t, c, st)
-		DamageValue(t, st, m)
+		backuptest.DamageValue(t, st, layout, m)
 		res, err := verify.Backup(ctxT(t), st, layout, m.Name, opts)
 		var ve *verify.Error
 		if err == nil || !errors.As(err, &ve) || ve.Reason != backup.VerifyReasonMismatch || res.OK || res.Reason != backup.VerifyReasonMismatch {
@@ -269,7 +193,7 @@ func TestVerifyCatchesDamage(t *testing.T) {
 		st := fileStore(t)
 		m := take(t, c, st)
 		m.HashKV.Hash++
-		rewriteMeta(t, st, m)
+		backuptest.RewriteMeta(t, st, layout, m)
 		res, err := verify.Backup(ctxT(t), st, layout, m.Name, opts)
 		if err == nil || res.Reason != backup.VerifyReasonMismatch || !strings.Contains(err.Error(), "HashKV at revision") {
 			t.Fatalf("tampered meta: err %v, result %+v", err, res)
