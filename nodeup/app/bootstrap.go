@@ -8,6 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kopsnode/agents/nodeup/model"
 	units "github.com/kopsnode/agents/systemd-units"
 )
 
@@ -156,7 +157,7 @@ func RenderBootstrapScript(o BootstrapOptions) (string, error) {
 		return "", err
 	}
 	if o.BootConfigPath == "" {
-		o.BootConfigPath = "/etc/nodeup/boot.yaml"
+		o.BootConfigPath = model.DefaultBootConfig
 	}
 	if o.Attempts <= 0 {
 		o.Attempts = 10

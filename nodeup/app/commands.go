@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kopsnode/agents/nodeup/fsroot"
+	"github.com/kopsnode/agents/nodeup/model"
 	"github.com/kopsnode/agents/nodeup/nodecheck"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/logging"
@@ -155,7 +156,7 @@ func bootstrapCommand() *cli.Command {
 			bindBoot(fs, &o.Boot)
 			fs.Var(listFlag{&o.NodeupURLs}, "nodeup-url", "mirror URL of the nodeup binary (repeat or comma-separate; tried in order)")
 			fs.StringVar(&o.NodeupSHA256, "nodeup-sha256", "", "sha256 of the nodeup binary")
-			fs.StringVar(&o.BootConfigPath, "boot-config-path", "/etc/nodeup/boot.yaml", "where the script writes the boot configuration")
+			fs.StringVar(&o.BootConfigPath, "boot-config-path", model.DefaultBootConfig, "where the script writes the boot configuration")
 			fs.IntVar(&o.Attempts, "attempts", 10, "rounds over all mirrors before giving up")
 			fs.IntVar(&o.RetryDelay, "retry-delay", 5, "first pause between rounds, seconds (doubles up to 60)")
 		},
