@@ -501,12 +501,16 @@ func (m *Manager) backupStatusLocked() *BackupStatus {
 }
 
 // builtinCommand reports whether the manager itself handles a kind.
-func (m *Manager) builtinCommand(kind string) bool { return kind == control.KindBackupNow }
+func (m *Manager) builtinCommand(kind string) bool {
+	return kind == control.KindBackupNow || kind == control.KindRecoverQuorum
+}
 
 // startBuiltinCommand starts a claimed command the manager handles itself;
 // its goroutine writes the result when done.
 func (m *Manager) startBuiltinCommand(c control.Command) {
 	switch c.Kind {
+	case control.KindRecoverQuorum:
+		m.refuseRecoverQuorum(c)
 	case control.KindBackupNow:
 		if err := m.requestBackup(backupRequest{reason: "command " + c.ID, commandID: c.ID}); err != nil {
 			m.writeCommandResult(c.ID, "", err)

@@ -431,3 +431,14 @@ func copyTree(src, dst string) error {
 		return out.Close()
 	})
 }
+
+// refuseRecoverQuorum ends a recover-quorum command that reached the
+// leader's command queue: the leader only runs commands when etcd listed
+// its members, so the cluster has a quorum and recovering would throw
+// data away (the named member may be on the minority side of a
+// partition).
+func (m *Manager) refuseRecoverQuorum(c control.Command) {
+	err := fmt.Errorf("the etcd cluster has a quorum (leader %s lists its members): recover-quorum refused, nothing changed", m.ID())
+	m.logger.Warn("refusing recover-quorum: the cluster has a quorum", "command", c.ID, "member", c.Args["member"])
+	m.writeCommandResult(c.ID, "", err)
+}

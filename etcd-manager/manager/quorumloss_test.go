@@ -112,3 +112,38 @@ func TestRecoverQuorumFromSurvivor(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRecoverQuorumRefusedWithQuorum: a recover-quorum command queued
+// while the cluster is healthy (the named member is fine, or on the
+// minority side of a partition) is refused by the leader with a result
+// saying so; nothing changes.
+func TestRecoverQuorumRefusedWithQuorum(t *testing.T) {
+	c := harness.New(t, harness.Options{IPPrefix: "127.44.153", Versions: []string{version}})
+	c.SetSpec(3, version)
+	ids := startN(c, 3)
+	c.WaitMembers(converge, ids...)
+	c.Put("/k", "v")
+	ctx, cancel := context.WithTimeout(context.Background(), converge)
+	defer cancel()
+	cmd := control.Command{ID: "20261130T000000.000Z-recover-quorum", Kind: control.KindRecoverQuorum, Args: map[string]string{"member": "m2"}}
+	if err := control.QueueCommand(ctx, c.Store, c.Layout, cmd); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually(converge, "the command's result", func() error {
+		res, ok, err := control.ReadResult(ctx, c.Store, c.Layout, cmd.ID)
+		if err != nil || !ok {
+			return fmt.Errorf("no result yet (%v)", err)
+		}
+		if !strings.Contains(res.Error, "has a quorum") || !strings.Contains(res.Error, "nothing changed") {
+			t.Fatalf("result %+v, want a refusal", res)
+		}
+		return nil
+	})
+	c.WaitMembers(converge, ids...)
+	c.ExpectKey(converge, "/k", "v", ids...)
+	for _, id := range ids {
+		if aside, _ := filepath.Glob(filepath.Join(c.Instance(id).DataDir, "etcd-before-recover-quorum-*")); len(aside) != 0 {
+			t.Fatalf("%s: data moved aside %v", id, aside)
+		}
+	}
+}
