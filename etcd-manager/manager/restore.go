@@ -263,6 +263,12 @@ func (m *Manager) restoreStep(ctx context.Context, r *restoreRunner, log interfa
 			m.markRestoreFinished(r.id)
 			m.writeCommandResult(r.id, fmt.Sprintf("restored %s at revision %d under cluster token %s", s.Backup, s.TargetRevision, s.NewClusterToken), nil)
 			log.Info("restore done; the cluster is open", "backup", s.Backup, "token", s.NewClusterToken, "took", s.Updated.Sub(s.Started).Round(time.Millisecond))
+			// Verification by test restore (verify.go): the newest backup
+			// is now the one taken of the old cluster before the restore,
+			// the way back.
+			if err := m.requestVerify("after restore " + r.id); err != nil {
+				log.Warn("cannot ask for a verification after the restore", "err", err)
+			}
 			m.finishMembers(ctx, r.term, s, infos)
 			return false, nil
 		case restore.PhaseFailed:
