@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
+	"github.com/kopsnode/agents/etcd-manager/restore"
 )
 
 // Retention runs in its own goroutine of the leader's term, beside the
@@ -103,6 +104,19 @@ func (m *Manager) applyRetention(ctx context.Context, term int64) {
 		return
 	}
 	rm := m.met.retention
+	// A restore in progress reads its backup (and segments) while it
+	// runs: nothing is deleted until it ended.
+	actx, acancel := context.WithTimeout(ctx, m.cfg.LeaseDuration)
+	rs, active, err := restore.Active(actx, m.cfg.Store, m.layout)
+	acancel()
+	if err != nil {
+		m.retentionFailed(err)
+		return
+	}
+	if active {
+		m.logger.Info("retention waits: a restore is in progress", "restore", rs.CommandID)
+		return
+	}
 	rm.runs.Inc()
 	st := m.backupStore()
 	lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
