@@ -17,7 +17,7 @@ import (
 	"github.com/kopsnode/agents/volumes"
 	"github.com/kopsnode/agents/volumes/format"
 	"github.com/kopsnode/agents/volumes/internal/looptest"
-	"github.com/kopsnode/agents/volumes/local"
+	"github.com/kopsnode/agents/volumes/metal"
 	"github.com/kopsnode/agents/volumes/mount"
 )
 
@@ -30,11 +30,11 @@ type env struct {
 	opts   volumes.Options
 }
 
-func newEnv(t *testing.T, member string) *env {
+func newEnv(t *testing.T, slot string) *env {
 	t.Helper()
 	testtools.RequireRoot(t)
 	e := &env{
-		sel:    volumes.Selector{Cluster: "c-" + sanitize(t.Name()) + ".k8s.local", EtcdCluster: "main", Member: member},
+		sel:    volumes.Selector{Cluster: "c-" + sanitize(t.Name()) + ".k8s.local", EtcdCluster: "main", Slot: slot},
 		target: filepath.Join(t.TempDir(), "mnt", "etcd", "main"),
 		opts:   volumes.Options{Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)), PollInterval: 10 * time.Millisecond, DeviceTimeout: time.Minute},
 	}
@@ -58,18 +58,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func provider(t *testing.T, dev string, scan ...string) *local.Provider {
+func provider(t *testing.T) *metal.Provider {
 	t.Helper()
-	p, err := local.New(local.Config{Devices: map[string]string{"main": dev}, Scan: scan}, nil)
+	p, err := metal.New(metal.Config{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func ensure(t *testing.T, e *env, p volumes.Provider) *volumes.Result {
+// disk is the metal volume of a device: attached here, slot not known.
+func disk(dev string) volumes.Volume {
+	return volumes.Volume{ID: dev, Device: dev, Attachment: volumes.Attachment{State: volumes.AttachedHere}}
+}
+
+func ensure(t *testing.T, e *env, dev string) *volumes.Result {
 	t.Helper()
-	res, err := volumes.Ensure(context.Background(), p, e.sel, e.target, e.opts)
+	res, err := volumes.Ensure(context.Background(), provider(t), e.sel, disk(dev), e.target, e.opts)
 	if err != nil {
 		t.Fatalf("Ensure: %v", err)
 	}
@@ -77,9 +82,9 @@ func ensure(t *testing.T, e *env, p volumes.Provider) *volumes.Result {
 }
 
 func TestEnsureFormatsBlankDeviceAndMounts(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+	e := newEnv(t, "main-1")
 	dev, _ := looptest.Device(t, diskSize)
-	res := ensure(t, e, provider(t, dev, dev))
+	res := ensure(t, e, dev)
 	if !res.Formatted || res.AlreadyMounted || res.Device != dev {
 		t.Fatalf("result %+v, want formatted %s", res, dev)
 	}
@@ -108,10 +113,9 @@ func TestEnsureFormatsBlankDeviceAndMounts(t *testing.T) {
 }
 
 func TestEnsureRerunIsNoOp(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+	e := newEnv(t, "main-1")
 	dev, _ := looptest.Device(t, diskSize)
-	p := provider(t, dev, dev)
-	ensure(t, e, p)
+	ensure(t, e, dev)
 	data := filepath.Join(e.target, "member", "data")
 	if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
 		t.Fatal(err)
@@ -120,7 +124,7 @@ func TestEnsureRerunIsNoOp(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res := ensure(t, e, p)
+	res := ensure(t, e, dev)
 	if res.Formatted || !res.AlreadyMounted {
 		t.Fatalf("second Ensure while mounted: %+v, want already mounted, not formatted", res)
 	}
@@ -129,7 +133,7 @@ func TestEnsureRerunIsNoOp(t *testing.T) {
 	if err := mount.Unmount(e.target); err != nil {
 		t.Fatal(err)
 	}
-	res = ensure(t, e, p)
+	res = ensure(t, e, dev)
 	if res.Formatted || res.AlreadyMounted {
 		t.Fatalf("Ensure after unmount: %+v, want mounted now without formatting", res)
 	}
@@ -149,7 +153,7 @@ func TestEnsureRefusesForeignDevices(t *testing.T) {
 			looptest.Run(t, "mkfs.ext4", "-q", "-L", "someone-else", dev)
 		}, want: "ext4 filesystem (LABEL=someone-else"},
 		{name: "ext4 with our label but no identity", after: func(t *testing.T, dev string) {
-			looptest.Run(t, "mkfs.ext4", "-q", "-L", volumes.Selector{Cluster: "c-" + sanitize(t.Name()) + ".k8s.local", EtcdCluster: "main", Member: "etcd-a"}.Label(), dev)
+			looptest.Run(t, "mkfs.ext4", "-q", "-L", volumes.Selector{Cluster: "c-" + sanitize(t.Name()) + ".k8s.local", EtcdCluster: "main", Slot: "main-1"}.Label(), dev)
 		}, want: "without " + volumes.IdentityFileName},
 		{name: "swap", after: func(t *testing.T, dev string) { looptest.Run(t, "mkswap", dev) }, want: "swap"},
 		{name: "dos partition table", prepare: func(t *testing.T, img string) {
@@ -167,7 +171,7 @@ func TestEnsureRefusesForeignDevices(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, "etcd-a")
+			e := newEnv(t, "main-1")
 			img := looptest.Image(t, diskSize)
 			if tc.prepare != nil {
 				tc.prepare(t, img)
@@ -178,7 +182,7 @@ func TestEnsureRefusesForeignDevices(t *testing.T) {
 			}
 			head, tail := looptest.Sum(t, dev, 0, 1<<20), looptest.Sum(t, dev, -(1<<20), 1<<20)
 
-			_, err := volumes.Ensure(context.Background(), provider(t, dev, dev), e.sel, e.target, e.opts)
+			_, err := volumes.Ensure(context.Background(), provider(t), e.sel, disk(dev), e.target, e.opts)
 			if !errors.Is(err, format.ErrNotBlank) {
 				t.Fatalf("Ensure on %s: %v, want ErrNotBlank", tc.name, err)
 			}
@@ -196,28 +200,23 @@ func TestEnsureRefusesForeignDevices(t *testing.T) {
 	}
 }
 
-func TestEnsureRefusesVolumeOfAnotherMember(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+func TestEnsureRefusesVolumeOfAnotherSlot(t *testing.T) {
+	e := newEnv(t, "main-1")
 	dev, _ := looptest.Device(t, diskSize)
-	p := provider(t, dev, dev)
-	ensure(t, e, p)
+	ensure(t, e, dev)
 	if err := mount.Unmount(e.target); err != nil {
 		t.Fatal(err)
 	}
 	head := looptest.Sum(t, dev, 0, 1<<20)
 
 	others := map[string]volumes.Selector{
-		"other member":       {Cluster: e.sel.Cluster, EtcdCluster: "main", Member: "etcd-b"},
-		"other cluster":      {Cluster: "another.k8s.local", EtcdCluster: "main", Member: "etcd-a"},
-		"other etcd cluster": {Cluster: e.sel.Cluster, EtcdCluster: "events", Member: "etcd-a"},
+		"other slot":         {Cluster: e.sel.Cluster, EtcdCluster: "main", Slot: "main-2"},
+		"other cluster":      {Cluster: "another.k8s.local", EtcdCluster: "main", Slot: "main-1"},
+		"other etcd cluster": {Cluster: e.sel.Cluster, EtcdCluster: "events", Slot: "main-1"},
 	}
 	for name, sel := range others {
 		t.Run(name, func(t *testing.T) {
-			p, err := local.New(local.Config{Devices: map[string]string{sel.EtcdCluster: dev}, Scan: []string{dev}}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = volumes.Ensure(context.Background(), p, sel, e.target, e.opts)
+			_, err := volumes.Ensure(context.Background(), provider(t), sel, disk(dev), e.target, e.opts)
 			if !errors.Is(err, volumes.ErrWrongIdentity) {
 				t.Fatalf("Ensure for %s: %v, want ErrWrongIdentity", sel, err)
 			}
@@ -237,66 +236,41 @@ func TestEnsureRefusesVolumeOfAnotherMember(t *testing.T) {
 	}
 }
 
-func TestEnsureRefusesVolumeMountedForAnotherMember(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+func TestEnsureRefusesVolumeMountedForAnotherSlot(t *testing.T) {
+	e := newEnv(t, "main-1")
 	dev, _ := looptest.Device(t, diskSize)
-	ensure(t, e, provider(t, dev, dev))
-	other := volumes.Selector{Cluster: e.sel.Cluster, EtcdCluster: "main", Member: "etcd-b"}
-	_, err := volumes.Ensure(context.Background(), provider(t, dev, dev), other, e.target, e.opts)
+	ensure(t, e, dev)
+	other := volumes.Selector{Cluster: e.sel.Cluster, EtcdCluster: "main", Slot: "main-2"}
+	_, err := volumes.Ensure(context.Background(), provider(t), other, disk(dev), e.target, e.opts)
 	if !errors.Is(err, volumes.ErrWrongIdentity) {
 		t.Fatalf("Ensure for %s on a mounted volume of %s: %v, want ErrWrongIdentity", other, e.sel, err)
 	}
 }
 
-func TestEnsureFindsVolumeByLabelOnRenamedDevice(t *testing.T) {
-	e := newEnv(t, "etcd-a")
-	devA, _ := looptest.Device(t, diskSize)
-	ensure(t, e, provider(t, devA, devA))
-	if err := mount.Unmount(e.target); err != nil {
-		t.Fatal(err)
-	}
-	// The disk now has another name; the configured device is a blank disk.
-	devB, _ := looptest.Device(t, diskSize)
-	res := ensure(t, e, provider(t, devB, devA, devB))
-	if res.Device != devA || res.Formatted {
-		t.Fatalf("result %+v, want the labelled %s mounted without formatting", res, devA)
-	}
-	if rep, err := format.Inspect(context.Background(), devB); err != nil || !rep.Blank() {
-		t.Fatalf("configured blank device %s: %v %v, want untouched", devB, rep, err)
-	}
-}
-
-func TestEnsureRefusesTwoVolumesOfOneMember(t *testing.T) {
-	e := newEnv(t, "etcd-a")
-	devA, _ := looptest.Device(t, diskSize)
-	ensure(t, e, provider(t, devA, devA))
-	if err := mount.Unmount(e.target); err != nil {
-		t.Fatal(err)
-	}
-	devB, _ := looptest.Device(t, diskSize)
-	looptest.Run(t, "dd", "if="+devA, "of="+devB, "bs=1M", "conv=fsync", "status=none") // a cloned disk
-	_, err := volumes.Ensure(context.Background(), provider(t, devA, devA, devB), e.sel, e.target, e.opts)
-	if !errors.Is(err, volumes.ErrAmbiguous) || !strings.Contains(err.Error(), devA) || !strings.Contains(err.Error(), devB) {
-		t.Fatalf("Ensure with %s and %s both labelled: %v, want ErrAmbiguous naming both", devA, devB, err)
-	}
-	if looptest.Mounted(t, e.target) {
-		t.Fatal("a volume was mounted")
+// TestEnsureRefusesVolumeListedWithAnotherSlot needs no device: a volume
+// the provider lists with one slot is never mounted for another.
+func TestEnsureRefusesVolumeListedWithAnotherSlot(t *testing.T) {
+	sel := volumes.Selector{Cluster: "c.k8s.local", EtcdCluster: "main", Slot: "main-1"}
+	v := disk("/dev/nonexistent")
+	v.Slot = "main-2"
+	_, err := volumes.Ensure(context.Background(), provider(t), sel, v, filepath.Join(t.TempDir(), "mnt"), volumes.Options{})
+	if !errors.Is(err, volumes.ErrWrongIdentity) || !strings.Contains(err.Error(), "main-2") {
+		t.Fatalf("Ensure = %v, want ErrWrongIdentity naming main-2", err)
 	}
 }
 
 func TestEnsureWaitsForLateDevice(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+	e := newEnv(t, "main-1")
 	link := filepath.Join(t.TempDir(), "by-id", "disk-etcd-main") // appears when the disk attaches
 	img := looptest.Image(t, diskSize)
 	waiting := make(chan struct{})
 	e.opts.Logger = slog.New(onMessage{"waiting for device", waiting, slog.NewTextHandler(testWriter{t}, nil)})
 
-	p := provider(t, link)
 	done := make(chan error, 1)
 	var res *volumes.Result
 	go func() {
 		var err error
-		res, err = volumes.Ensure(context.Background(), p, e.sel, e.target, e.opts)
+		res, err = volumes.Ensure(context.Background(), provider(t), e.sel, disk(link), e.target, e.opts)
 		done <- err
 	}()
 	select {
@@ -320,16 +294,16 @@ func TestEnsureWaitsForLateDevice(t *testing.T) {
 }
 
 func TestEnsureWaitEndsWithContext(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+	e := newEnv(t, "main-1")
 	link := filepath.Join(t.TempDir(), "never-attached")
 	waiting := make(chan struct{})
 	e.opts.Logger = slog.New(onMessage{"waiting for device", waiting, slog.NewTextHandler(testWriter{t}, nil)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p := provider(t, link)
+	p := provider(t)
 	done := make(chan error, 1)
 	go func() {
-		_, err := volumes.Ensure(ctx, p, e.sel, e.target, e.opts)
+		_, err := volumes.Ensure(ctx, p, e.sel, disk(link), e.target, e.opts)
 		done <- err
 	}()
 	<-waiting
@@ -345,7 +319,7 @@ func TestEnsureWaitEndsWithContext(t *testing.T) {
 }
 
 func TestEnsureWaitsForDeviceLock(t *testing.T) {
-	e := newEnv(t, "etcd-a")
+	e := newEnv(t, "main-1")
 	dev, _ := looptest.Device(t, diskSize)
 	held, err := os.Open(dev)
 	if err != nil {
@@ -357,10 +331,10 @@ func TestEnsureWaitsForDeviceLock(t *testing.T) {
 	}
 	waiting := make(chan struct{})
 	e.opts.Logger = slog.New(onMessage{"waiting for the lock on the device", waiting, slog.NewTextHandler(testWriter{t}, nil)})
-	p := provider(t, dev, dev)
+	p := provider(t)
 	done := make(chan error, 1)
 	go func() {
-		_, err := volumes.Ensure(context.Background(), p, e.sel, e.target, e.opts)
+		_, err := volumes.Ensure(context.Background(), p, e.sel, disk(dev), e.target, e.opts)
 		done <- err
 	}()
 	select {
@@ -379,17 +353,6 @@ func TestEnsureWaitsForDeviceLock(t *testing.T) {
 	}
 	if !looptest.Mounted(t, e.target) {
 		t.Fatal("not mounted")
-	}
-}
-
-func TestEnsureNoVolume(t *testing.T) {
-	e := newEnv(t, "etcd-a")
-	p, err := local.New(local.Config{Scan: []string{"/nonexistent/*"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := volumes.Ensure(context.Background(), p, e.sel, e.target, e.opts); !errors.Is(err, volumes.ErrNotFound) || !strings.Contains(err.Error(), e.sel.Member) {
-		t.Fatalf("Ensure with no volume: %v, want ErrNotFound naming the member", err)
 	}
 }
 

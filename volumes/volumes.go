@@ -44,11 +44,10 @@ const FSType = "ext4"
 
 // Errors callers test with errors.Is.
 var (
-	// ErrNotFound: the provider knows no volume for the member.
-	ErrNotFound = errors.New("no volume found")
-	// ErrAmbiguous: more than one volume claims the member.
+	// ErrAmbiguous: more than one volume claims one slot, or a machine
+	// has volumes of more than one slot of an etcd cluster.
 	ErrAmbiguous = errors.New("more than one volume found")
-	// ErrWrongIdentity: the volume belongs to another member or cluster.
+	// ErrWrongIdentity: the volume belongs to another slot or cluster.
 	ErrWrongIdentity = errors.New("volume belongs to another member")
 )
 

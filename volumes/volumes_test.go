@@ -6,17 +6,17 @@ import (
 	"testing"
 )
 
-func TestSelectorLabelFitsExt4AndDiffersPerMember(t *testing.T) {
-	base := Selector{Cluster: "a-very-long-cluster-name.example.com", EtcdCluster: "main", Member: "etcd-a"}
+func TestSelectorLabelFitsExt4AndDiffersPerSlot(t *testing.T) {
+	base := Selector{Cluster: "a-very-long-cluster-name.example.com", EtcdCluster: "main", Slot: "main-1"}
 	seen := map[string]Selector{}
 	for _, s := range []Selector{
 		base,
-		{Cluster: base.Cluster, EtcdCluster: "events", Member: "etcd-a"},
-		{Cluster: base.Cluster, EtcdCluster: "main", Member: "etcd-b"},
-		{Cluster: "other.example.com", EtcdCluster: "main", Member: "etcd-a"},
+		{Cluster: base.Cluster, EtcdCluster: "events", Slot: "main-1"},
+		{Cluster: base.Cluster, EtcdCluster: "main", Slot: "main-2"},
+		{Cluster: "other.example.com", EtcdCluster: "main", Slot: "main-1"},
 		// the separator keeps field boundaries: these must differ
-		{Cluster: "ab", EtcdCluster: "c", Member: "d"},
-		{Cluster: "a", EtcdCluster: "bc", Member: "d"},
+		{Cluster: "ab", EtcdCluster: "c", Slot: "d"},
+		{Cluster: "a", EtcdCluster: "bc", Slot: "d"},
 	} {
 		l := s.Label()
 		if len(l) > 16 || !strings.HasPrefix(l, LabelPrefix) {
@@ -33,7 +33,7 @@ func TestSelectorLabelFitsExt4AndDiffersPerMember(t *testing.T) {
 }
 
 func TestSelectorValidateNamesFields(t *testing.T) {
-	err := Selector{Cluster: "", EtcdCluster: "main/x", Member: "ok"}.Validate()
+	err := Selector{Cluster: "", EtcdCluster: "main/x", Slot: "main-1"}.Validate()
 	if err == nil {
 		t.Fatal("invalid selector accepted")
 	}
@@ -42,27 +42,34 @@ func TestSelectorValidateNamesFields(t *testing.T) {
 			t.Errorf("error %q does not name field %s", err, f)
 		}
 	}
-	if strings.Contains(err.Error(), "member") {
-		t.Errorf("error %q names the valid field member", err)
+	if strings.Contains(err.Error(), "slot") {
+		t.Errorf("error %q names the valid field slot", err)
 	}
-	if err := (Selector{Cluster: "c.k8s.local", EtcdCluster: "main", Member: "etcd-a"}).Validate(); err != nil {
+	// A slot is etcd-manager's identity: a DNS label.
+	for _, bad := range []string{"", "Main-1", "main_1", "-main", strings.Repeat("a", 64)} {
+		if err := (Selector{Cluster: "c", EtcdCluster: "main", Slot: bad}).Validate(); err == nil || !strings.Contains(err.Error(), "volume selector slot:") {
+			t.Errorf("slot %q: %v, want an error naming slot", bad, err)
+		}
+	}
+	if err := (Selector{Cluster: "c.k8s.local", EtcdCluster: "main", Slot: "main-1"}).Validate(); err != nil {
 		t.Errorf("valid selector refused: %v", err)
 	}
 }
 
 func TestIdentityRoundTripAndStrictParse(t *testing.T) {
-	sel := Selector{Cluster: "c.k8s.local", EtcdCluster: "main", Member: "etcd-a"}
+	sel := Selector{Cluster: "c.k8s.local", EtcdCluster: "main", Slot: "main-1"}
 	id := NewIdentity(sel, "2026-01-02T03:04:05Z", "/dev/sdb")
 	got, err := ParseIdentity("test", id.Marshal())
 	if err != nil || got != id {
 		t.Fatalf("round trip: %+v, %v; want %+v", got, err, id)
 	}
 	bad := map[string]string{
-		"unknown field": `{"apiVersion":"volumes.kopsnode.io/v1","kind":"VolumeIdentity","cluster":"c","etcdCluster":"main","member":"a","extra":1}`,
-		"wrong kind":    `{"apiVersion":"volumes.kopsnode.io/v1","kind":"Other","cluster":"c","etcdCluster":"main","member":"a"}`,
-		"empty member":  `{"apiVersion":"volumes.kopsnode.io/v1","kind":"VolumeIdentity","cluster":"c","etcdCluster":"main","member":""}`,
-		"not json":      "\x00\xff",
-		"empty":         "",
+		"unknown field":                  `{"apiVersion":"volumes.kopsnode.io/v1","kind":"VolumeIdentity","cluster":"c","etcdCluster":"main","slot":"main-1","extra":1}`,
+		"wrong kind":                     `{"apiVersion":"volumes.kopsnode.io/v1","kind":"Other","cluster":"c","etcdCluster":"main","slot":"main-1"}`,
+		"empty slot":                     `{"apiVersion":"volumes.kopsnode.io/v1","kind":"VolumeIdentity","cluster":"c","etcdCluster":"main","slot":""}`,
+		"member, no slot (before slots)": `{"apiVersion":"volumes.kopsnode.io/v1","kind":"VolumeIdentity","cluster":"c","etcdCluster":"main","member":"host-a"}`,
+		"not json":                       "\x00\xff",
+		"empty":                          "",
 	}
 	for name, in := range bad {
 		if _, err := ParseIdentity("/dev/x:/"+IdentityFileName, []byte(in)); err == nil || !strings.Contains(err.Error(), "/dev/x:/"+IdentityFileName) {
@@ -71,9 +78,21 @@ func TestIdentityRoundTripAndStrictParse(t *testing.T) {
 	}
 }
 
+func TestSlotNames(t *testing.T) {
+	got := SlotNames("events", 3)
+	if strings.Join(got, ",") != "events-1,events-2,events-3" {
+		t.Fatalf("SlotNames = %v", got)
+	}
+	for _, s := range got {
+		if err := (Selector{Cluster: "c", EtcdCluster: "events", Slot: s}).Validate(); err != nil {
+			t.Errorf("slot %s: %v", s, err)
+		}
+	}
+}
+
 func TestMatchesNamesBothIdentities(t *testing.T) {
-	a := Selector{Cluster: "c", EtcdCluster: "main", Member: "a"}
-	b := Selector{Cluster: "c", EtcdCluster: "main", Member: "b"}
+	a := Selector{Cluster: "c", EtcdCluster: "main", Slot: "main-1"}
+	b := Selector{Cluster: "c", EtcdCluster: "main", Slot: "main-2"}
 	if err := matches("/dev/sdb", NewIdentity(a, "", ""), a); err != nil {
 		t.Fatal(err)
 	}

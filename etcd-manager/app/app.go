@@ -12,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/kopsnode/agents/etcd-manager/control"
-	"github.com/kopsnode/agents/etcd-manager/discovery"
+	"github.com/kopsnode/agents/etcd-manager/identity"
 	"github.com/kopsnode/agents/etcd-manager/manager"
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/nodeaddr"
@@ -142,16 +142,18 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
-			cfg := f.cfg
-			def := manager.DefaultConfig(cfg.ClusterName, cfg.EtcdCluster)
-			if cfg.PeerPort == 0 {
-				cfg.PeerPort = def.PeerPort
+			if err := f.Validate(); err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
-			if cfg.ClientPort == 0 {
-				cfg.ClientPort = def.ClientPort
+			cfg, err := f.Manager()
+			if err != nil {
+				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
-			if cfg.ManagerPort == 0 {
-				cfg.ManagerPort = def.ManagerPort
+			if cfg.ID == "" && cfg.DataDir != "" {
+				// One member identity: the slot of the volume mounted here.
+				if cfg.ID, err = identity.FromVolume(cfg.DataDir, cfg.ClusterName, cfg.EtcdCluster); err != nil {
+					return err
+				}
 			}
 			if cfg.Address == "" {
 				ip, err := nodeaddr.Primary()

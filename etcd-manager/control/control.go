@@ -9,6 +9,7 @@
 //	leader                 the leader lease (compare-and-swap)
 //	peers/<id>             registry records of the instances (discovery "store")
 //	commands/<id>          queued commands; commands/<id>.claimed fences execution
+//	slots/<slot>           member slot leases: which machine holds each slot (package volumes/slots)
 package control
 
 import (
@@ -67,6 +68,12 @@ func (l Layout) PeersPrefix() string { return path.Join(l.Prefix(), "peers") + "
 
 // PeerKey is one instance's registry record.
 func (l Layout) PeerKey(id string) string { return path.Join(l.Prefix(), "peers", id) }
+
+// SlotsPrefix is the folder of member slot leases (package volumes/slots).
+func (l Layout) SlotsPrefix() string { return path.Join(l.Prefix(), "slots") + "/" }
+
+// SlotKey is one member slot's lease: which machine holds the slot.
+func (l Layout) SlotKey(slot string) string { return path.Join(l.Prefix(), "slots", slot) }
 
 // CommandsPrefix is the folder of queued commands.
 func (l Layout) CommandsPrefix() string { return path.Join(l.Prefix(), "commands") + "/" }

@@ -1,18 +1,22 @@
-// Package identity persists an etcd-manager instance's identity and its
-// etcd membership in its data directory (<data-dir>/state.json), so that an
-// instance restarted on the same volume comes back as the same member.
+// Package identity persists an etcd-manager instance's etcd membership in its
+// data directory (<data-dir>/state.json), so that an instance restarted on
+// the same volume comes back as the same member. The instance's identity is
+// not chosen here: it is the member slot of the volume mounted at the data
+// directory (FromVolume: the volume identity file protokube etcd-volumes
+// writes when it formats the volume), or --id; state.json records it and a
+// mismatch is an error.
 package identity
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+
+	"github.com/kopsnode/agents/volumes"
 )
 
 // FileName is the state file's name inside the data directory.
@@ -119,37 +123,47 @@ func WriteFileAtomic(p string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// NewID returns a random instance ID for instances not told one.
-func NewID() (string, error) {
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("generating instance id: %w", err)
+// FromVolume returns the member slot named by the volume identity file at
+// the root of dataDir (the volume's mount point): the instance's identity.
+// The file must name the cluster and etcd cluster given; its absence means
+// no volume is mounted there.
+func FromVolume(dataDir, cluster, etcdCluster string) (string, error) {
+	p := filepath.Join(dataDir, volumes.IdentityFileName)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("no --id given and no volume identity at %s: the data directory is not a volume mounted by protokube etcd-volumes (it starts etcd-manager only after mounting the member's volume)", p)
 	}
-	return "m" + hex.EncodeToString(b[:]), nil
+	if err != nil {
+		return "", fmt.Errorf("reading the volume identity: %w", err)
+	}
+	id, err := volumes.ParseIdentity(p, b)
+	if err != nil {
+		return "", err
+	}
+	if id.Cluster != cluster || id.EtcdCluster != etcdCluster {
+		return "", fmt.Errorf("%s: the volume belongs to cluster %q etcd cluster %q, not to --cluster-name %q --etcd-cluster %q", p, id.Cluster, id.EtcdCluster, cluster, etcdCluster)
+	}
+	if err := ValidateID(id.Slot); err != nil {
+		return "", fmt.Errorf("%s: slot: %w", p, err)
+	}
+	return id.Slot, nil
 }
 
-// LoadOrCreate loads the state, or creates it with wantID (or a random ID
-// when wantID is empty). A stored ID different from a non-empty wantID is an
-// error: the data directory belongs to another member.
-func LoadOrCreate(dir, wantID string) (State, error) {
+// LoadOrCreate loads the state, or creates it with id. A stored ID other
+// than id is an error: the data directory belongs to another member.
+func LoadOrCreate(dir, id string) (State, error) {
+	if err := ValidateID(id); err != nil {
+		return State{}, err
+	}
 	s, ok, err := Load(dir)
 	if err != nil {
 		return State{}, err
 	}
 	if ok {
-		if wantID != "" && s.ID != wantID {
-			return State{}, fmt.Errorf("%s: data directory belongs to instance %q, not %q", filepath.Join(dir, FileName), s.ID, wantID)
+		if s.ID != id {
+			return State{}, fmt.Errorf("%s: data directory belongs to instance %q, not %q (the volume's slot or --id); nothing was changed", filepath.Join(dir, FileName), s.ID, id)
 		}
 		return s, nil
-	}
-	id := wantID
-	if id == "" {
-		if id, err = NewID(); err != nil {
-			return State{}, err
-		}
-	}
-	if err := ValidateID(id); err != nil {
-		return State{}, err
 	}
 	s = State{ID: id}
 	if err := Save(dir, s); err != nil {

@@ -31,8 +31,9 @@ type Config struct {
 	ClusterName string
 	// EtcdCluster is "main" or "events".
 	EtcdCluster string
-	// ID is the instance identity; empty means the one persisted in the data
-	// dir, or a new random one.
+	// ID is the instance identity and etcd member name: the member slot of
+	// the volume mounted at DataDir (identity.FromVolume). Required;
+	// state.json must agree.
 	ID string
 	// DataDir holds state.json, the etcd data (etcd/) and certificates (pki/).
 	DataDir string
@@ -145,10 +146,8 @@ func (c Config) Validate() error {
 	if err := (control.Layout{Cluster: c.ClusterName, EtcdCluster: c.EtcdCluster}).Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.ID != "" {
-		if err := identity.ValidateID(c.ID); err != nil {
-			errs = append(errs, fmt.Errorf("id: %w", err))
-		}
+	if err := identity.ValidateID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("id: %w (the member slot of the volume at the data directory)", err))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("dataDir: empty"))

@@ -8,6 +8,7 @@ import (
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/paths"
+	"github.com/kopsnode/agents/protokube/etcdvolumes"
 	"github.com/kopsnode/agents/protokube/gossipd"
 	"github.com/kopsnode/agents/protokube/podnet"
 	units "github.com/kopsnode/agents/systemd-units"
@@ -106,6 +107,7 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 			Role:              s.Role,
 			KubernetesVersion: s.KubernetesVersion,
 			EtcdClusters:      s.EtcdClusters,
+			Volume:            s.Volume,
 		},
 	})
 	if err != nil {
@@ -114,13 +116,17 @@ func (protokubeBuilder) Build(in *Input, c *Collector) error {
 	if err := c.Add(file(units.NodeConfigCopy, string(doc), 0o600)); err != nil {
 		return err
 	}
-	args := []string{"etcd-volumes", "--config=" + units.NodeConfigCopy}
-	for _, e := range s.EtcdClusters {
-		if e.Volume.Device != "" {
-			args = append(args, "--device="+e.Name+"="+e.Volume.Device)
-		}
-	}
-	return c.Add(service(units.ProtokubeEtcdVolumes(args), []string{units.ProtokubeBin, units.NodeConfigCopy}))
+	return c.Add(service(units.ProtokubeEtcdVolumes(EtcdVolumesConfig(in).Args()), []string{units.ProtokubeBin, units.NodeConfigCopy}))
+}
+
+// EtcdVolumesConfig is the run configuration of protokube etcd-volumes:
+// the configuration copy (which carries the volume provider and disks) and
+// the store of the member slot leases, opened as nodeup opened it.
+func EtcdVolumesConfig(in *Input) etcdvolumes.Config {
+	c := etcdvolumes.DefaultConfig()
+	c.ConfigFile = units.NodeConfigCopy
+	c.Store = in.StoreSettings()
+	return c
 }
 
 // protokubeArgs are the arguments of protokube.service: the gossip

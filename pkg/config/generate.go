@@ -32,7 +32,7 @@ func NewCluster(name string) *Cluster {
 // NewNodeConfig derives the node configuration of instance group group from
 // a cluster spec: cluster name, Kubernetes version, networking, container
 // runtime and gossip are copied, and control-plane groups get the etcd
-// clusters. Assets, sysctls, packages and kubelet settings are left for the
+// clusters and the volume provider. Assets, sysctls, packages and kubelet settings are left for the
 // caller. The result has defaults applied; c is not modified.
 func NewNodeConfig(c *Cluster, group string, role Role) *NodeConfig {
 	cp := &Cluster{}
@@ -55,6 +55,7 @@ func NewNodeConfig(c *Cluster, group string, role Role) *NodeConfig {
 	}
 	if role == RoleControlPlane {
 		n.Spec.EtcdClusters = cp.Spec.EtcdClusters
+		n.Spec.Volume = cp.Spec.Volume
 	}
 	n.SetDefaults()
 	return n

@@ -43,3 +43,34 @@ func TestNewClusterAndNodeConfigAreValid(t *testing.T) {
 		t.Errorf("apiServer %q", n.Spec.Kubelet.APIServer)
 	}
 }
+
+// TestNewNodeConfigCarriesVolumeProvider: control-plane node
+// configurations get the cluster's volume provider and each etcd
+// cluster's disk choice; worker configurations get neither.
+func TestNewNodeConfigCarriesVolumeProvider(t *testing.T) {
+	c := NewCluster("demo.k8s.local")
+	c.Spec.Volume = &VolumeProviderSpec{Provider: VolumeProviderMetal, Metal: &MetalVolumeSpec{Scan: []string{"/dev/vd*"}}}
+	c.Spec.EtcdClusters[0].Volume.Serials = []string{"SERIAL-1"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cp := NewNodeConfig(c, "control-plane", RoleControlPlane)
+	if cp.Spec.Volume == nil || cp.Spec.Volume.Provider != VolumeProviderMetal || !reflect.DeepEqual(cp.Spec.Volume.Metal.Scan, []string{"/dev/vd*"}) ||
+		!reflect.DeepEqual(cp.Spec.EtcdClusters[0].Volume.Serials, []string{"SERIAL-1"}) {
+		t.Fatalf("control-plane volume %+v, etcd volume %+v", cp.Spec.Volume, cp.Spec.EtcdClusters[0].Volume)
+	}
+	if cp.Spec.Volume == c.Spec.Volume {
+		t.Error("volume spec shared with the cluster")
+	}
+	if err := cp.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if n := NewNodeConfig(c, "nodes", RoleNode); n.Spec.Volume != nil {
+		t.Errorf("worker volume %+v, want none", n.Spec.Volume)
+	}
+	// A cluster without a volume block: control planes default to metal.
+	c.Spec.Volume = nil
+	if cp := NewNodeConfig(c, "control-plane", RoleControlPlane); cp.Spec.Volume == nil || cp.Spec.Volume.Provider != VolumeProviderMetal {
+		t.Errorf("default volume %+v, want metal", cp.Spec.Volume)
+	}
+}

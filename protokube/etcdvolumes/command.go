@@ -27,7 +27,7 @@ func command(mgr units.Manager) *cli.Command {
 	var cfg Config
 	return &cli.Command{
 		Name:    "etcd-volumes",
-		Summary: "mount each etcd member's volume at /mnt/etcd/<name>, then start etcd-manager-<name>.service",
+		Summary: "hold a member slot per etcd cluster, mount its volume at /mnt/etcd/<name>, then start etcd-manager-<name>.service",
 		Flags: func(fs *flag.FlagSet) {
 			cfg = DefaultConfig()
 			cfg.AddFlags(fs)
@@ -71,7 +71,15 @@ func runOnce(ctx context.Context, env *cli.Env, cfg Config, node *config.NodeCon
 		defer m.Close()
 		deps.Manager = m
 	}
-	r, err := NewReconciler(cfg, node, deps)
+	if deps.Store == nil {
+		st, err := cfg.Store.Open(ctx)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		deps.Store = st
+	}
+	r, err := NewReconciler(ctx, cfg, node, deps)
 	if err != nil {
 		return err
 	}
@@ -91,15 +99,17 @@ func PrintStatus(w io.Writer, st Status) error {
 	if st.Ready {
 		ready = "ready"
 	}
-	fmt.Fprintf(w, "cluster %s, member %s: %s\n", st.Cluster, st.Member, ready)
+	fmt.Fprintf(w, "cluster %s, machine %s, volume provider %s: %s\n", st.Cluster, st.Machine, st.Provider, ready)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ETCD CLUSTER\tTARGET\tDEVICE\tMOUNTED\tUNIT\tSTATE\tERROR")
-	for _, m := range st.EtcdClusters {
-		dev := m.Device
-		if dev == "" {
-			dev = "-"
+	fmt.Fprintln(tw, "ETCD CLUSTER\tSLOT\tTARGET\tDEVICE\tMOUNTED\tUNIT\tSTATE\tERROR")
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\t%s\n", m.EtcdCluster, m.Target, dev, m.Mounted, m.Unit, m.UnitState, m.Error)
+		return s
+	}
+	for _, m := range st.EtcdClusters {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", m.EtcdCluster, dash(m.Slot), m.Target, dash(m.Device), m.Mounted, m.Unit, m.UnitState, m.Error)
 	}
 	return tw.Flush()
 }
