@@ -237,3 +237,63 @@ func CheckChain(ctx context.Context, st store.Store, fulls []Meta, segs []Segmen
 	}
 	return out, nil
 }
+
+// latestProbe bounds how many of the newest segment names LatestSegment
+// reads the meta of before giving up.
+const latestProbe = 64
+
+// LatestSegment returns the complete, valid segment of cluster token
+// ("" matches any) that ends last, reading metas newest name first (one
+// listing and a few reads, not every meta: a chain may hold thousands),
+// and the length of its chain: the segment names after its full backup's
+// revision up to it (0 when that backup's meta cannot be read). ok is
+// false when there is none among the newest names.
+func LatestSegment(ctx context.Context, st store.Store, l control.Layout, token string) (m SegmentMeta, chainLen int64, ok bool, err error) {
+	infos, err := st.List(ctx, DeltaPrefix(l))
+	if err != nil {
+		return SegmentMeta{}, 0, false, fmt.Errorf("listing delta segments: %w", err)
+	}
+	seen := map[string]bool{}
+	var names []string
+	var firsts []int64
+	for _, i := range infos {
+		name, file, ok := splitSegmentKey(l, i.Key)
+		if !ok || file != metaFile || seen[name] {
+			continue
+		}
+		first, _, err := ParseSegmentName(name)
+		if err != nil {
+			continue
+		}
+		seen[name] = true
+		names = append(names, name)
+		firsts = append(firsts, first)
+	}
+	// Names sort by first revision, then last: the newest is the greatest.
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	for i, name := range names {
+		if i == latestProbe {
+			break
+		}
+		s, err := ReadSegmentMeta(ctx, st, l, name)
+		if err != nil {
+			var se *store.Error
+			if errors.As(err, &se) && !errors.Is(err, store.ErrNotFound) {
+				return SegmentMeta{}, 0, false, err
+			}
+			continue
+		}
+		if token != "" && s.ClusterToken != token {
+			continue
+		}
+		if base, err := ReadMeta(ctx, st, l, s.Base); err == nil {
+			for _, f := range firsts {
+				if f > base.Revision && f <= s.FirstRevision {
+					chainLen++
+				}
+			}
+		}
+		return s, chainLen, true, nil
+	}
+	return SegmentMeta{}, 0, false, nil
+}

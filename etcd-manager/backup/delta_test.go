@@ -208,6 +208,14 @@ func TestDeltasFollowAndReplay(t *testing.T) {
 		ls.Segments[len(ls.Segments)-1].LastRevision != last || first.Writer.LeaderTerm != 7 {
 		t.Fatalf("chain from %+v to %d; full backup at %d", first, ls.Segments[len(ls.Segments)-1].LastRevision, base.Revision)
 	}
+	// A new leader finds the newest segment without reading every meta.
+	latest, n, ok, err := backup.LatestSegment(ctx, st, layout, "etcd-test")
+	if err != nil || !ok || latest.Name != ls.Segments[len(ls.Segments)-1].Name || n != int64(len(ls.Segments)) {
+		t.Fatalf("LatestSegment: %s, chain of %d, %v, %v; want %s, %d", latest.Name, n, ok, err, ls.Segments[len(ls.Segments)-1].Name, len(ls.Segments))
+	}
+	if _, _, ok, _ := backup.LatestSegment(ctx, st, layout, "another-cluster"); ok {
+		t.Fatal("LatestSegment found a segment of another cluster")
+	}
 	rs := backup.RecoverableRanges(fulls, ls.Segments)
 	if len(rs) != 1 || rs[0].From.Revision != base.Revision || rs[0].To.Revision != last {
 		t.Fatalf("ranges %v", rs)
@@ -249,7 +257,7 @@ func TestDeltasFollowAndReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	n = 0
 	applied, err := backup.ReplayDeltas(ctx, st, layout, plan, func(context.Context, int64, []backup.Event) error { n++; return nil })
 	if err != nil || applied < mid.LastRevision {
 		t.Fatalf("time target %s: applied to %d (segment ends at %d), %v", mid.LastEventTime, applied, mid.LastRevision, err)

@@ -64,8 +64,10 @@ func PosAfter(s SegmentMeta) ChainPos {
 // FollowOptions configure a Follower.
 type FollowOptions struct {
 	// Interval bounds how long a received event waits before its segment
-	// is durable: a segment is written when its oldest event is Interval
-	// old, less the time recent writes took. Must be positive.
+	// is durable: a segment is written when its oldest event is four
+	// fifths of Interval old (earlier when recent writes took longer than
+	// a tenth of it: twice their time before the interval is up). Must be
+	// positive.
 	Interval time.Duration
 	// MaxSegmentBytes (uncompressed) writes a segment sooner; the events
 	// held in memory are bounded at twice it plus one watch response, and
@@ -107,6 +109,9 @@ type batch struct {
 	events []Event
 	bytes  int64
 	at     time.Time
+	// backlog: the events were in etcd before Run started (a new leader
+	// catching up): they are written at once, not an interval later.
+	backlog bool
 }
 
 // Follower follows etcd's watch from a chain position and writes delta
@@ -129,6 +134,8 @@ type Follower struct {
 	segments     int64
 	stopped      bool
 	kick         chan struct{}
+	// backlogRev is etcd's revision when Run started.
+	backlogRev int64
 }
 
 // NewFollower prepares a follower continuing pos on the cluster c.
@@ -182,6 +189,15 @@ func (f *Follower) Run(ctx context.Context) error {
 	f.mu.Lock()
 	start := f.pos.LastRevision + 1
 	f.mu.Unlock()
+	// What etcd holds already is overdue: the previous writer (a leader
+	// that died) left it unwritten.
+	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+	if resp, err := f.c.Get(gctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); err == nil {
+		f.mu.Lock()
+		f.backlogRev = resp.Header.Revision
+		f.mu.Unlock()
+	}
+	gcancel()
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := f.c.Watch(wctx, "", clientv3.WithFromKey(), clientv3.WithRev(start), clientv3.WithProgressNotify())
@@ -211,10 +227,12 @@ func (f *Follower) Run(ctx context.Context) error {
 		f.mu.Lock()
 		var due time.Duration = -1
 		if len(f.pending) > 0 {
-			if f.pendingBytes >= f.o.MaxSegmentBytes {
+			if f.pendingBytes >= f.o.MaxSegmentBytes || f.pending[0].backlog {
 				due = 0
 			} else {
-				due = max(0, f.pending[0].at.Add(f.o.Interval-flushEst).Sub(f.o.Now()))
+				// Written early enough that the write itself, and a
+				// loaded machine's late timer, still fit in the interval.
+				due = max(0, f.pending[0].at.Add(f.o.Interval-max(2*flushEst, f.o.Interval/5)).Sub(f.o.Now()))
 			}
 		}
 		f.mu.Unlock()
@@ -311,6 +329,7 @@ func (f *Follower) read(wch clientv3.WatchChan) error {
 			continue
 		}
 		f.mu.Lock()
+		b.backlog = b.events[len(b.events)-1].Revision <= f.backlogRev
 		// Backpressure: while writes are blocked, stop reading the watch.
 		for f.pendingBytes >= 2*f.o.MaxSegmentBytes && !f.stopped {
 			f.cond.Wait()

@@ -262,17 +262,11 @@ func (m *Manager) chainStart(ctx context.Context, c *clientv3.Client, src *backu
 	lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
 	defer cancel()
 	if !newChain {
-		segs, err := backup.ListSegments(lctx, st, m.layout)
+		s, n, ok, err := backup.LatestSegment(lctx, st, m.layout, src.token)
 		if err != nil {
 			return backup.ChainPos{}, 0, &backup.Error{Reason: backup.ReasonStore, Err: err}
 		}
-		if s, ok := newestSegment(segs.Segments, src.token); ok {
-			n := int64(0)
-			for _, o := range segs.Segments {
-				if o.Base == s.Base {
-					n++
-				}
-			}
+		if ok {
 			return backup.PosAfter(s), n, nil
 		}
 		fulls, err := backup.List(lctx, st, m.layout)
@@ -301,21 +295,6 @@ func (m *Manager) chainStart(ctx context.Context, c *clientv3.Client, src *backu
 		return backup.ChainPos{}, 0, err
 	}
 	return backup.PosAtFull(f), 0, nil
-}
-
-// newestSegment is the segment of cluster token that ends last.
-func newestSegment(segs []backup.SegmentMeta, token string) (backup.SegmentMeta, bool) {
-	var best backup.SegmentMeta
-	found := false
-	for _, s := range segs {
-		if s.ClusterToken != token {
-			continue
-		}
-		if !found || s.LastRevision > best.LastRevision || (s.LastRevision == best.LastRevision && s.Written.After(best.Written)) {
-			best, found = s, true
-		}
-	}
-	return best, found
 }
 
 // fullBackupForChain has the term's backup goroutine take a full backup
