@@ -12,9 +12,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/control"
+	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/identity"
 	"github.com/kopsnode/agents/etcd-manager/manager"
-	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/nodeaddr"
@@ -58,7 +59,7 @@ func (f *runFlags) bind(fs *flag.FlagSet) {
 	f.cfg = d
 	fs.StringVar(&f.cfg.ClusterName, "cluster-name", "", "Kubernetes cluster name (top-level folder in the store); required")
 	fs.StringVar(&f.cfg.EtcdCluster, "etcd-cluster", "main", "etcd cluster name: main or events (sets port defaults)")
-	fs.StringVar(&f.cfg.ID, "id", "", "instance identity and etcd member name (default: the one in the data dir, or a new random one)")
+	fs.StringVar(&f.cfg.ID, "id", "", "instance identity and etcd member name (default: the member slot in the volume identity file at the root of --data-dir, which protokube etcd-volumes writes)")
 	fs.StringVar(&f.cfg.DataDir, "data-dir", "", "data directory (state.json, etcd/, pki/); required")
 	fs.StringVar(&f.cfg.BinDirRoot, "etcd-bin-dir-root", d.BinDirRoot, "directory with one v<version>/etcd per installed etcd version")
 	fs.StringVar(&f.cfg.Address, "address", "", "this node's IP address, listened on and advertised (default: the source address of the default route)")
@@ -142,18 +143,22 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
 			}
-			if err := f.Validate(); err != nil {
-				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
-			}
-			cfg, err := f.Manager()
-			if err != nil {
-				return fmt.Errorf("%v: %w", err, cli.ErrUsage)
-			}
+			cfg := f.cfg
 			if cfg.ID == "" && cfg.DataDir != "" {
 				// One member identity: the slot of the volume mounted here.
 				if cfg.ID, err = identity.FromVolume(cfg.DataDir, cfg.ClusterName, cfg.EtcdCluster); err != nil {
 					return err
 				}
+			}
+			def := manager.DefaultConfig(cfg.ClusterName, cfg.EtcdCluster)
+			if cfg.PeerPort == 0 {
+				cfg.PeerPort = def.PeerPort
+			}
+			if cfg.ClientPort == 0 {
+				cfg.ClientPort = def.ClientPort
+			}
+			if cfg.ManagerPort == 0 {
+				cfg.ManagerPort = def.ManagerPort
 			}
 			if cfg.Address == "" {
 				ip, err := nodeaddr.Primary()
