@@ -46,13 +46,18 @@ func (m *Manager) Info(ctx context.Context) (peer.Info, error) {
 			info.EtcdHealthy = true
 			info.MemberID = strconv.FormatUint(id, 16)
 			info.EtcdLearner = learner
-		} else {
+		} else if errors.Is(err, errNoRaftLeader) {
 			// No raft leader: how far this member got (quorumloss.go).
+			// Not asked when etcd did not answer at all: a second wait
+			// would make Info slower than a peer's call to it.
 			info.RaftIndex, info.RaftTerm, info.Revision = m.localRaftPosition(ctx)
 		}
 	}
 	return info, nil
 }
+
+// errNoRaftLeader: the local etcd answers but has no raft leader.
+var errNoRaftLeader = errors.New("etcd has no raft leader")
 
 // localHealth asks the local etcd for its status.
 func (m *Manager) localHealth(ctx context.Context) (memberID uint64, learner bool, err error) {
@@ -71,7 +76,7 @@ func (m *Manager) localHealth(ctx context.Context) (memberID uint64, learner boo
 	}
 	if resp.Leader == 0 {
 		// Serving but not (yet) part of a working raft group.
-		return 0, false, errors.New("etcd has no raft leader")
+		return 0, false, errNoRaftLeader
 	}
 	return resp.Header.MemberId, resp.IsLearner, nil
 }

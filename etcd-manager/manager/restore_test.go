@@ -326,3 +326,128 @@ func TestRestoreLeaderKilled(t *testing.T) {
 		t.Fatalf("restore states %v; want one", ids)
 	}
 }
+
+// TestRestoreToRevision restores to a revision between two full backups:
+// the older full backup plus the delta segments up to that revision,
+// replayed while the cluster is quarantined. What was written up to the
+// revision is there, what came after is not.
+func TestRestoreToRevision(t *testing.T) {
+	c := harness.New(t, harness.Options{IPPrefix: "127.44.96", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
+		cfg.Backups.Interval = 0
+		cfg.Backups.DeltaInterval = 500 * time.Millisecond
+	}})
+	c.SetSpec(3, version)
+	var ids []string
+	for i := 1; i <= 3; i++ {
+		ids = append(ids, c.Start(i).ID)
+	}
+	c.WaitMembers(converge, ids...)
+	ctx := context.Background()
+	c.Put("/a", "1")
+	first := backupNow(t, c)
+	cl := c.Client(ids...)
+	put := func(k, v string) int64 {
+		t.Helper()
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		resp, err := cl.Put(pctx, k, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	put("/b", "2")
+	if _, err := cl.Delete(ctx, "/a"); err != nil {
+		t.Fatal(err)
+	}
+	target := put("/c", "3")
+	last := put("/d", "4")
+	second := backupNow(t, c)
+	c.Eventually(converge, "delta segments up to the last write", func() error {
+		segs, err := backup.ListSegments(ctx, c.Store, c.Layout)
+		if err != nil {
+			return err
+		}
+		for _, s := range segs.Segments {
+			if s.LastRevision >= last {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d segments, none reaching revision %d", len(segs.Segments), last)
+	})
+	out, errOut, code := runCtl(t, ctlArgs(c, "restore-to", "--wait", "2m", "-o", "json", fmt.Sprint(target))...)
+	if code != 0 {
+		t.Fatalf("restore-to %d: exit %d: %s %s", target, code, out, errOut)
+	}
+	var q app.RestoreQueued
+	if err := json.Unmarshal([]byte(out), &q); err != nil || q.Result == nil || q.Result.Error != "" {
+		t.Fatalf("restore-to output %q: %v", out, err)
+	}
+	// The base is a full backup before the target (ours, or the one the
+	// delta writer took to start its chain), never the one after it.
+	if q.Backup == second || q.Backup < first || q.BackupRevision >= target || q.Segments == 0 || q.TargetRevision != target {
+		t.Fatalf("plan: base %s (revision %d) with %d segments to %d; want one from %s on, before revision %d (not %s), plus segments to %d",
+			q.Backup, q.BackupRevision, q.Segments, q.TargetRevision, first, target, second, target)
+	}
+	c.WaitMembers(converge, ids...)
+	c.ExpectKey(converge, "/b", "2", ids...)
+	c.ExpectKey(converge, "/c", "3", ids...)
+	cl = c.Client(ids...)
+	for _, k := range []string{"/a", "/d"} {
+		if kvs := mustGet(t, cl, k).Kvs; len(kvs) != 0 {
+			t.Fatalf("%s after restoring to revision %d: %v", k, target, kvs)
+		}
+	}
+	// A time outside the recoverable range is refused, naming the ranges.
+	_, errOut, code = runCtl(t, ctlArgs(c, "restore-to", "2001-01-01T00:00:00Z")...)
+	if code == 0 || !strings.Contains(errOut, "outside the recoverable range") || !strings.Contains(errOut, "recoverable:") {
+		t.Fatalf("restore-to 2001: exit %d: %s", code, errOut)
+	}
+}
+
+// TestRestoreRollsBack: one member cannot restore (a file is in the way
+// of its spool folder) after every member moved its data aside; the
+// leader rolls every member back: the old data and token are back, the
+// cluster serves what it held before, nothing is left aside, and the
+// command's result names the member and the path.
+func TestRestoreRollsBack(t *testing.T) {
+	c, ids := restoreCluster(t, "127.44.98", version)
+	oldCreated, _ := c.Created()
+	c.Put("/before", "1")
+	name := backupNow(t, c)
+	c.Put("/after", "2")
+	blocker := filepath.Join(c.Instance("m3").DataDir, "restore-spool")
+	if err := os.WriteFile(blocker, []byte("in the way"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCtl(t, ctlArgs(c, "restore-backup", "--wait", "2m", "-o", "json", name)...)
+	if code == 0 {
+		t.Fatalf("restore-backup succeeded with a member that cannot restore: %s", out)
+	}
+	var q app.RestoreQueued
+	if err := json.Unmarshal([]byte(out), &q); err != nil || q.Result == nil {
+		t.Fatalf("restore-backup output %q (%s): %v", out, errOut, err)
+	}
+	if !strings.Contains(q.Result.Error, "member m3 could not restore") || !strings.Contains(q.Result.Error, blocker) {
+		t.Fatalf("result %q does not name the member and the path", q.Result.Error)
+	}
+	c.WaitMembers(converge, ids...)
+	c.ExpectKey(converge, "/after", "2", ids...)
+	if cr, _ := c.Created(); cr.ClusterToken != oldCreated.ClusterToken {
+		t.Fatalf("created marker changed by a rolled back restore: %s, was %s", cr.ClusterToken, oldCreated.ClusterToken)
+	}
+	for _, id := range ids {
+		in := c.Instance(id)
+		st, _ := in.M.Status(context.Background())
+		if st.Local.ClusterToken != oldCreated.ClusterToken {
+			t.Fatalf("%s runs token %s after the rollback, want %s", id, st.Local.ClusterToken, oldCreated.ClusterToken)
+		}
+		if asides, _ := restore.AsideDirs(in.DataDir); len(asides) != 0 {
+			t.Fatalf("%s: %v left aside after the rollback", id, asides)
+		}
+	}
+	s, _, _, err := restore.Load(context.Background(), c.Store, c.Layout, q.CommandID)
+	if err != nil || s.Phase != restore.PhaseFailed {
+		t.Fatalf("state %+v, %v", s, err)
+	}
+}
