@@ -393,6 +393,9 @@ func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) []string {
 	if e.Backups.Interval != "" {
 		args = append(args, "--backup-interval="+e.Backups.Interval)
 	}
+	if e.Backups.VerifyInterval != "" {
+		args = append(args, "--verify-interval="+e.Backups.VerifyInterval)
+	}
 	if e.Backups.Store != "" {
 		args = append(args, "--backup-store="+e.Backups.Store)
 	}

@@ -313,6 +313,11 @@ type BackupSpec struct {
 	Interval string `yaml:"interval,omitempty" json:"interval,omitempty"`
 	// Store overrides the backup location (default: the state store).
 	Store string `yaml:"store,omitempty" json:"store,omitempty"`
+	// VerifyInterval is how often the etcd-manager leader proves the
+	// newest backup good by a test restore, a Go duration of at least
+	// "1h"; unset: etcd-manager's default, daily (docs/etcd-manager.md,
+	// "Verification").
+	VerifyInterval string `yaml:"verifyInterval,omitempty" json:"verifyInterval,omitempty"`
 	// Retention says how long full backups and delta segments are kept
 	// (docs/etcd-manager.md, "Retention").
 	Retention RetentionSpec `yaml:"retention,omitempty" json:"retention,omitzero"`

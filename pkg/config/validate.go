@@ -283,6 +283,9 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		}
 		v.metalDiskChoice(p+".volume", e.Volume)
 		v.duration(p+".backups.interval", e.Backups.Interval, time.Minute)
+		if e.Backups.VerifyInterval != "" {
+			v.duration(p+".backups.verifyInterval", e.Backups.VerifyInterval, MinVerifyInterval)
+		}
 		if e.Backups.Store != "" {
 			v.storeURL(p+".backups.store", e.Backups.Store)
 		}
@@ -297,6 +300,10 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 	}
 	return ports
 }
+
+// MinVerifyInterval is the shortest backups.verifyInterval: a test restore
+// reads and restores a whole backup.
+const MinVerifyInterval = time.Hour
 
 func (v *validator) duration(path, s string, atLeast time.Duration) {
 	d, err := time.ParseDuration(s)

@@ -109,6 +109,8 @@ func TestValidateNodeConfig(t *testing.T) {
 		{"gossip port clash", "control-plane", func(n *NodeConfig) { n.Spec.Gossip.Port = 3995 }, "spec.gossip.port", "already used by spec.etcdClusters[1].managerPort"},
 		{"backup interval syntax", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "15" }, "spec.etcdClusters[0].backups.interval", `"15" is not a duration`},
 		{"backup interval too short", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Interval = "59s" }, "spec.etcdClusters[0].backups.interval", "shorter than the minimum of 1m"},
+		{"verify interval syntax", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.VerifyInterval = "daily" }, "spec.etcdClusters[0].backups.verifyInterval", `"daily" is not a duration`},
+		{"verify interval too short", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.VerifyInterval = "30m" }, "spec.etcdClusters[0].backups.verifyInterval", "shorter than the minimum of 1h"},
 		{"backup store", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Store = "https://bucket" }, "spec.etcdClusters[0].backups.store", "not a state store URL"},
 		{"backup retention hourly", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[0].Backups.Retention.HourlyDays = new(-1) }, "spec.etcdClusters[0].backups.retention.hourlyDays", "-1 is out of range (0 to 3650)"},
 		{"backup retention daily", "control-plane", func(n *NodeConfig) { n.Spec.EtcdClusters[1].Backups.Retention.DailyDays = new(3651) }, "spec.etcdClusters[1].backups.retention.dailyDays", "3651 is out of range (0 to 3650)"},
