@@ -14,6 +14,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/leader"
+	"github.com/kopsnode/agents/etcd-manager/restore"
 	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
@@ -168,6 +169,8 @@ type ControlStatus struct {
 	// the backups could not be listed.
 	LastBackup  *backup.Meta `json:"lastBackup,omitempty"`
 	BackupError string       `json:"backupError,omitempty"`
+	// Restore is the restore in progress, if any (its persisted state).
+	Restore *restore.State `json:"restore,omitempty"`
 }
 
 func ctlStatusCommand() *cli.Command {
@@ -247,6 +250,11 @@ func ReadControlStatus(ctx context.Context, st store.Store, l control.Layout) (C
 	if cs.Commands == nil {
 		cs.Commands = []control.Command{}
 	}
+	if s, ok, err := restore.Active(ctx, st, l); err != nil {
+		return cs, err
+	} else if ok {
+		cs.Restore = &s
+	}
 	return cs, nil
 }
 
@@ -273,6 +281,13 @@ func printControlStatus(w io.Writer, cs ControlStatus) error {
 	}
 	for _, c := range cs.Commands {
 		fmt.Fprintf(tw, "queued command:\t%s\t%s\n", c.ID, c.Kind)
+	}
+	if r := cs.Restore; r != nil {
+		last := ""
+		if n := len(r.History); n > 0 {
+			last = ": " + r.History[n-1].Message
+		}
+		fmt.Fprintf(tw, "restore in progress:\t%s (%s) phase %s, leader %s term %d%s\n", r.CommandID, r.Target, r.Phase, r.Owner.LeaderID, r.Owner.LeaderTerm, last)
 	}
 	switch {
 	case cs.BackupError != "":

@@ -270,6 +270,7 @@ func (m *Manager) restoreStep(ctx context.Context, r *restoreRunner, log interfa
 				log.Warn("cannot ask for a verification after the restore", "err", err)
 			}
 			m.finishMembers(ctx, r.term, s, infos)
+			m.afterRestore(ctx, r.term, s, infos)
 			return false, nil
 		case restore.PhaseFailed:
 			m.markRestoreFinished(r.id)
@@ -599,6 +600,34 @@ func (m *Manager) finishMembers(ctx context.Context, term int64, s restore.State
 				m.logger.Warn("telling a member the restore is over", "member", n, "err", err)
 			}
 		}
+	}
+}
+
+// afterRestore takes a full backup of the restored cluster (the base of
+// its delta chain and of the verification) and asks the verify goroutine
+// to check it by a test restore. Both are reported, not fatal: the
+// restore is done.
+func (m *Manager) afterRestore(ctx context.Context, term int64, s restore.State, infos map[string]peer.Info) {
+	spec, err := control.ReadSpec(ctx, m.cfg.Store, m.layout)
+	if err != nil {
+		m.logger.Warn("no backup after the restore", "err", err)
+		return
+	}
+	src := &backupSource{spec: spec, token: s.NewClusterToken}
+	for _, n := range s.MemberNames() {
+		if i, ok := infos[n]; ok && i.EtcdHealthy && i.ClusterToken == s.NewClusterToken && len(i.ClientURLs) > 0 {
+			tg := backupTarget{member: n, endpoint: i.ClientURLs[0]}
+			if n == m.ID() {
+				src.targets = append([]backupTarget{tg}, src.targets...)
+			} else {
+				src.targets = append(src.targets, tg)
+			}
+		}
+	}
+	m.setBackupSource(src)
+	m.takeBackup(ctx, term, backupRequest{reason: "after restore " + s.CommandID})
+	if err := m.requestVerify("after restore " + s.CommandID); err != nil {
+		m.logger.Warn("cannot ask for a verification after the restore", "err", err)
 	}
 }
 

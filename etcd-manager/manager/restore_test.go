@@ -151,6 +151,20 @@ func TestRestoreBackup(t *testing.T) {
 			if ids, _ := restore.List(context.Background(), c.Store, c.Layout); len(ids) != 1 {
 				t.Fatalf("restore states %v; want one", ids)
 			}
+			// The leader backed the restored cluster up (the base of its
+			// delta chain and of the verification it asked for).
+			c.Eventually(converge, "a backup after the restore", func() error {
+				ls, err := backup.List(context.Background(), c.Store, c.Layout)
+				if err != nil {
+					return err
+				}
+				for _, m := range ls.Backups {
+					if m.Reason == "after restore "+q.CommandID && m.ClusterToken == cr.ClusterToken {
+						return nil
+					}
+				}
+				return fmt.Errorf("none of %d backups was taken after restore %s", len(ls.Backups), q.CommandID)
+			})
 			// The cluster is managed again: it takes writes, and a new
 			// backup names the new token.
 			c.Put("/after-restore", "3")
@@ -288,6 +302,10 @@ func TestRestoreLeaderKilled(t *testing.T) {
 		first = s
 		return nil
 	})
+	// etcd-manager-ctl status shows the restore while it runs.
+	if out, errOut, code := runCtl(t, ctlArgs(c, "status")...); code != 0 || !strings.Contains(out, "restore in progress:") || !strings.Contains(out, q.CommandID) {
+		t.Fatalf("ctl status during the restore: exit %d: %s %s", code, out, errOut)
+	}
 	killed := first.Owner.LeaderID
 	c.Kill(killed)
 	time.Sleep(2 * time.Second)
