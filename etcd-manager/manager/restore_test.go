@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -308,7 +309,29 @@ func TestRestoreLeaderKilled(t *testing.T) {
 	}
 	killed := first.Owner.LeaderID
 	c.Kill(killed)
-	time.Sleep(2 * time.Second)
+	// While the killed machine is down the others stay quarantined: their
+	// etcd serves clients on the quarantine port only, never on the
+	// client port the API server uses.
+	c.Eventually(converge, "a quarantined member", func() error {
+		for _, id := range c.Running() {
+			in := c.Instance(id)
+			st, _ := in.M.Status(ctx)
+			if r := st.Local.Restore; r == nil || r.Step != string(restore.StepQuarantined) || !st.Local.EtcdRunning {
+				continue
+			}
+			if conn, err := net.DialTimeout("tcp", net.JoinHostPort(in.IP, fmt.Sprint(harness.ClientPort)), time.Second); err == nil {
+				conn.Close()
+				return fmt.Errorf("quarantined %s accepts connections on its client port", id)
+			}
+			conn, err := net.DialTimeout("tcp", net.JoinHostPort(in.IP, fmt.Sprint(harness.ClientPort+manager.QuarantinePortOffset)), time.Second)
+			if err != nil {
+				return fmt.Errorf("quarantined %s: %w", id, err)
+			}
+			conn.Close()
+			return nil
+		}
+		return errors.New("no member is quarantined yet")
+	})
 	var n int
 	fmt.Sscanf(killed, "m%d", &n)
 	c.Start(n)
