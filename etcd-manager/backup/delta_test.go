@@ -155,7 +155,7 @@ func sameMaps(t *testing.T, what string, got, want map[string]string) {
 	}
 }
 
-// TestDeltasFollowAndReplay: on real etcd, writes (puts, deletes, a
+// TestDeltasFollowAndReplay: on real etcd (3.5, 3.6, 3.7), writes (puts, deletes, a
 // transaction, a leased key, binary values) become linked segments within
 // the interval after a full backup; the chain checks clean; a fresh etcd
 // replayed from the chain (to the latest, and to a revision in between)
@@ -163,7 +163,13 @@ func sameMaps(t *testing.T, what string, got, want map[string]string) {
 // found by CheckChain and refused by ReplayDeltas before anything is
 // applied.
 func TestDeltasFollowAndReplay(t *testing.T) {
-	c := startEtcd(t, "3.6.16", "127.91.0.1")
+	for i, v := range etcdVersions {
+		t.Run(v, func(t *testing.T) { testDeltasFollowAndReplay(t, v, fmt.Sprintf("127.91.%d", i+1)) })
+	}
+}
+
+func testDeltasFollowAndReplay(t *testing.T, version, ipPrefix string) {
+	c := startEtcd(t, version, ipPrefix+".1")
 	st := fileStore(t)
 	base := take(t, c, st, "test")
 	interval := 500 * time.Millisecond
@@ -229,15 +235,15 @@ func TestDeltasFollowAndReplay(t *testing.T) {
 		target backup.Target
 		rev    int64
 	}{
-		{"latest", "127.91.0.2", backup.Target{Latest: true}, last},
-		{"revision", "127.91.0.3", backup.Target{Revision: revs[len(revs)/2]}, revs[len(revs)/2]},
+		{"latest", ipPrefix + ".2", backup.Target{Latest: true}, last},
+		{"revision", ipPrefix + ".3", backup.Target{Revision: revs[len(revs)/2]}, revs[len(revs)/2]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			plan, err := backup.PlanRestore(fulls, ls.Segments, tc.target)
 			if err != nil {
 				t.Fatal(err)
 			}
-			fresh := startEtcd(t, "3.6.16", tc.ip)
+			fresh := startEtcd(t, version, tc.ip)
 			// Both hold the same "/ready"; its value differs in nothing.
 			applied, err := backup.ReplayDeltas(ctx, st, layout, plan, backup.TxnApply(fresh, 0))
 			if err != nil {
