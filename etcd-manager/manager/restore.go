@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
@@ -143,6 +144,7 @@ func (m *Manager) startRestore(ctx context.Context, c control.Command, term int6
 		m.logger.Error("restore refused; nothing was changed", "id", c.ID, "err", terr)
 		m.writeCommandResult(c.ID, "", terr)
 		m.markRestoreFinished(c.ID)
+		m.met.restore.finished("failed", 0)
 		return nil
 	}
 	m.ensureRestoreRunner(c.ID, term)
@@ -261,6 +263,7 @@ func (m *Manager) restoreStep(ctx context.Context, r *restoreRunner, log interfa
 		switch s.Phase {
 		case restore.PhaseDone:
 			m.markRestoreFinished(r.id)
+			m.met.restore.finished("done", s.Updated.Sub(s.Started))
 			m.writeCommandResult(r.id, fmt.Sprintf("restored %s at revision %d under cluster token %s", s.Backup, s.TargetRevision, s.NewClusterToken), nil)
 			log.Info("restore done; the cluster is open", "backup", s.Backup, "token", s.NewClusterToken, "took", s.Updated.Sub(s.Started).Round(time.Millisecond))
 			// Verification by test restore (verify.go): the newest backup
@@ -274,6 +277,7 @@ func (m *Manager) restoreStep(ctx context.Context, r *restoreRunner, log interfa
 			return false, nil
 		case restore.PhaseFailed:
 			m.markRestoreFinished(r.id)
+			m.met.restore.finished("failed", s.Updated.Sub(s.Started))
 			m.writeCommandResult(r.id, "", errors.New(s.Error))
 			log.Error("restore failed", "err", s.Error)
 			return false, nil
@@ -1008,4 +1012,47 @@ func (m *Manager) finishMember(ctx context.Context, req peer.RestoreRequest) err
 		m.logger.Info("restore over: removed old moved-aside etcd data", "removed", removed, "kept", restore.KeepAside)
 	}
 	return err
+}
+
+// restoreMetrics are the restore's metrics (label etcd_cluster).
+type restoreMetrics struct {
+	total      *prometheus.CounterVec
+	duration   prometheus.Gauge
+	inProgress prometheus.GaugeFunc
+}
+
+func newRestoreMetrics(m *Manager, labels prometheus.Labels) *restoreMetrics {
+	r := &restoreMetrics{
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcd_manager_restores_total",
+			Help: "Restores this instance finished as leader, by result: done, failed.", ConstLabels: labels}, []string{"result"}),
+		duration: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_restore_duration_seconds",
+			Help: "From the pick-up of the last restore this instance finished as leader to its end.", ConstLabels: labels}),
+	}
+	r.total.WithLabelValues("done")
+	r.total.WithLabelValues("failed")
+	r.inProgress = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "etcd_manager_restore_in_progress",
+		Help: "1 while this instance, as leader, runs a restore (the reconcile makes no membership change meanwhile).", ConstLabels: labels}, func() float64 {
+		m.restores.mu.Lock()
+		defer m.restores.mu.Unlock()
+		if r := m.restores.runner; r != nil {
+			select {
+			case <-r.done:
+			default:
+				return 1
+			}
+		}
+		return 0
+	})
+	return r
+}
+
+func (r *restoreMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{r.total, r.duration, r.inProgress}
+}
+
+func (r *restoreMetrics) finished(result string, took time.Duration) {
+	r.total.WithLabelValues(result).Inc()
+	if took > 0 {
+		r.duration.Set(took.Seconds())
+	}
 }

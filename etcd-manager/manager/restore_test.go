@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -26,9 +27,18 @@ import (
 // restoreCluster starts a 3-member cluster of etcd version v with the
 // schedule of backups off (the harness installs etcdutl beside etcd).
 func restoreCluster(t testing.TB, prefix, v string) (*harness.Cluster, []string) {
+	return restoreClusterWith(t, prefix, v, nil)
+}
+
+// restoreClusterWith is restoreCluster with more changes to each
+// instance's config.
+func restoreClusterWith(t testing.TB, prefix, v string, mutate func(*manager.Config)) (*harness.Cluster, []string) {
 	t.Helper()
 	c := harness.New(t, harness.Options{IPPrefix: prefix, Versions: []string{v}, Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
+		if mutate != nil {
+			mutate(cfg)
+		}
 	}})
 	c.SetSpec(3, v)
 	var ids []string
@@ -452,7 +462,11 @@ func TestRestoreToRevision(t *testing.T) {
 // cluster serves what it held before, nothing is left aside, and the
 // command's result names the member and the path.
 func TestRestoreRollsBack(t *testing.T) {
-	c, ids := restoreCluster(t, "127.44.98", version)
+	regs := map[string]*prometheus.Registry{}
+	c, ids := restoreClusterWith(t, "127.44.98", version, func(cfg *manager.Config) {
+		regs[cfg.ID] = prometheus.NewRegistry()
+		cfg.MetricsRegistry = regs[cfg.ID]
+	})
 	oldCreated, _ := c.Created()
 	c.Put("/before", "1")
 	name := backupNow(t, c)
@@ -490,5 +504,12 @@ func TestRestoreRollsBack(t *testing.T) {
 	s, _, _, err := restore.Load(context.Background(), c.Store, c.Layout, q.CommandID)
 	if err != nil || s.Phase != restore.PhaseFailed {
 		t.Fatalf("state %+v, %v", s, err)
+	}
+	reg := regs[s.Owner.LeaderID]
+	if got := metric(t, reg, "etcd_manager_restores_total", map[string]string{"result": "failed"}); got != 1 {
+		t.Fatalf("etcd_manager_restores_total{result=failed} on the leader %s = %v, want 1", s.Owner.LeaderID, got)
+	}
+	if got := metric(t, reg, "etcd_manager_restore_in_progress", nil); got != 0 {
+		t.Fatalf("etcd_manager_restore_in_progress = %v after the restore ended", got)
 	}
 }

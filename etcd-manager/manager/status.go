@@ -186,6 +186,7 @@ func (m *Manager) rotateOwnManagerCert() {
 
 type metrics struct {
 	reg      prometheus.Registerer
+	restore  *restoreMetrics
 	cs       []prometheus.Collector
 	isLeader prometheus.Gauge
 	members  prometheus.Gauge
@@ -253,6 +254,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 	mt.cs = append(mt.cs, mt.verify.collectors()...)
 	mt.delta = newDeltaMetrics(m, labels)
 	mt.cs = append(mt.cs, mt.delta.collectors()...)
+	mt.restore = newRestoreMetrics(m, labels)
+	mt.cs = append(mt.cs, mt.restore.collectors()...)
 	if m.cfg.APIServerClientCertDir != "" {
 		mt.apiserverExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcd_manager_apiserver_client_cert_expiry_timestamp_seconds",
 			Help: "NotAfter (Unix seconds) of the API server's etcd client certificate this instance keeps; 0 until there is one.", ConstLabels: labels})
