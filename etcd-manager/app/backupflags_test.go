@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/model"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
@@ -55,18 +56,18 @@ func TestRenderedUnitsCarryBackupSettings(t *testing.T) {
 				args = strings.Fields(rest)
 			}
 		}
-		var f runFlags
+		f := runconfig.DefaultConfig()
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
-		f.bind(fs)
+		f.AddFlags(fs)
 		if err := fs.Parse(args[2:]); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
-		w, ok := want[f.cfg.EtcdCluster]
+		w, ok := want[f.EtcdCluster]
 		if !ok {
-			t.Fatalf("%s: etcd cluster %q", id, f.cfg.EtcdCluster)
+			t.Fatalf("%s: etcd cluster %q", id, f.EtcdCluster)
 		}
-		if f.cfg.Backups.Interval != w.interval || f.backupStore != w.store {
-			t.Errorf("%s: backup interval %s, store %q; want %s, %q", id, f.cfg.Backups.Interval, f.backupStore, w.interval, w.store)
+		if f.BackupInterval != w.interval || f.BackupStore != w.store {
+			t.Errorf("%s: backup interval %s, store %q; want %s, %q", id, f.BackupInterval, f.BackupStore, w.interval, w.store)
 		}
 		seen++
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/model"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
@@ -49,13 +50,17 @@ func TestRenderedUnitsCarryRetention(t *testing.T) {
 				args = strings.Fields(rest)
 			}
 		}
-		var f runFlags
+		f := runconfig.DefaultConfig()
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
-		f.bind(fs)
+		f.AddFlags(fs)
 		if err := fs.Parse(args[2:]); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
-		if got, w := f.cfg.Backups.Retention, want[f.cfg.EtcdCluster]; got != w {
+		m, err := f.Manager()
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if got, w := m.Backups.Retention, want[f.EtcdCluster]; got != w {
 			t.Errorf("%s: retention %+v, want %+v", id, got, w)
 		}
 		seen++

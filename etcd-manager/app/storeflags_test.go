@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/model"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
@@ -42,16 +43,16 @@ func TestRenderedUnitsCarryStoreSettings(t *testing.T) {
 		if len(args) < 2 || args[1] != "run" {
 			t.Fatalf("%s: ExecStart %q", id, args)
 		}
-		var f runFlags
+		f := runconfig.DefaultConfig()
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
-		f.bind(fs)
+		f.AddFlags(fs)
 		if err := fs.Parse(args[2:]); err != nil || fs.NArg() != 0 {
 			t.Fatalf("%s: etcd-manager run refuses its rendered flags %q: %v", id, args[2:], err)
 		}
-		if f.store != want {
-			t.Errorf("%s: store settings %+v, want %+v", id, f.store, want)
+		if f.Store != want {
+			t.Errorf("%s: store settings %+v, want %+v", id, f.Store, want)
 		}
-		if err := f.store.Validate(); err != nil {
+		if err := f.Store.Validate(); err != nil {
 			t.Errorf("%s: %v", id, err)
 		}
 		seen++

@@ -198,7 +198,11 @@ func (etcdManagerBuilder) Build(in *Input, c *Collector) error {
 	}
 	for _, e := range s.EtcdClusters {
 		// etcdManagerArgs and etcdManagerInputs are in controlplane.go.
-		svc := service(units.EtcdManager(e.Name, etcdManagerArgs(in, e)), etcdManagerInputs(e))
+		args, err := etcdManagerArgs(in, e)
+		if err != nil {
+			return err
+		}
+		svc := service(units.EtcdManager(e.Name, args), etcdManagerInputs(e))
 		// protokube starts it once the member's volume is mounted.
 		svc.RestartOnly = true
 		if err := c.Add(svc); err != nil {

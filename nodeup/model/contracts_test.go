@@ -12,11 +12,11 @@ import (
 	"testing"
 
 	"github.com/kopsnode/agents/etcd-manager/app"
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/engine"
 	"github.com/kopsnode/agents/nodeup/model"
 	"github.com/kopsnode/agents/nodeup/render"
 	"github.com/kopsnode/agents/nodeup/tasks"
-	"github.com/kopsnode/agents/pkg/cli"
 	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/releases"
 	"github.com/kopsnode/agents/protokube/etcdvolumes"
@@ -63,7 +63,7 @@ var contracts = map[string]map[string]contract{
 		}},
 	},
 	units.EtcdManagerBin: {
-		"run": {"run", etcdManagerContract},
+		"run": {etcdManagerRun(), etcdManagerContract},
 	},
 }
 
@@ -288,18 +288,20 @@ func TestContractCheckFailsOnBrokenUnit(t *testing.T) {
 	}
 }
 
-// etcdManagerContract is `etcd-manager run`: its command's own flags.
+// etcdManagerContract is `etcd-manager run`: runconfig.Config, which the
+// command parses (it loads no configuration file).
 func etcdManagerContract() (daemonConfig, func() []string) {
-	for _, c := range app.EtcdManager().Commands {
-		if c.Name == "run" {
-			return cliFlags{c}, func() []string { return nil }
-		}
-	}
-	panic("etcd-manager has no run command")
+	c := runconfig.DefaultConfig()
+	return &c, func() []string { return nil }
 }
 
-// cliFlags binds a command's flags; the command validates inside Run.
-type cliFlags struct{ c *cli.Command }
-
-func (f cliFlags) AddFlags(fs *flag.FlagSet) { f.c.Flags(fs) }
-func (f cliFlags) Validate() error           { return nil }
+// etcdManagerRun is the name of etcd-manager's run command, looked up in
+// the binary's command list.
+func etcdManagerRun() string {
+	for _, c := range app.EtcdManager().Commands {
+		if c.Name == "run" {
+			return c.Name
+		}
+	}
+	return "(no run command)"
+}

@@ -6,9 +6,12 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"time"
 
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
+	"github.com/kopsnode/agents/pkg/paths"
 	"github.com/kopsnode/agents/pkg/pki"
 	units "github.com/kopsnode/agents/systemd-units"
 )
@@ -39,7 +42,7 @@ const (
 	// every etcd cluster, and it signs every etcd serving certificate.
 	APIServerEtcdClientDir = PKIDir + "/kube-apiserver/etcd"
 
-	AdminKubeconfig             = "/etc/kubernetes/admin.conf"
+	AdminKubeconfig             = paths.AdminKubeconfig
 	ControllerManagerKubeconfig = "/etc/kubernetes/controller-manager.conf"
 	SchedulerKubeconfig         = "/etc/kubernetes/scheduler.conf"
 
@@ -320,7 +323,7 @@ func localEtcd(e config.EtcdClusterSpec) string {
 
 // EtcdBinDirRoot holds one v<version>/{etcd,etcdutl} per installed etcd
 // version; it is etcd-manager's --etcd-bin-dir-root.
-const EtcdBinDirRoot = "/opt/etcd"
+const EtcdBinDirRoot = paths.EtcdBinDirRoot
 
 // EtcdBin is where the etcd binary of a version is installed.
 func EtcdBin(version string) string { return EtcdBinDirRoot + "/v" + version + "/etcd" }
@@ -372,42 +375,66 @@ func (etcdBinariesBuilder) Build(in *Input, c *Collector) error {
 	return nil
 }
 
-// etcdManagerArgs are the flags of one etcd cluster's etcd-manager. The
-// address defaults to the default route's source address; the data
-// directory is where protokube mounts the member's volume. The seed flags
-// carry the configuration's member count and version: etcd-manager writes
-// them as the control spec only when the store has none, so etcd-manager-ctl
-// owns the spec afterwards.
-func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) []string {
+// etcdManagerArgs are the arguments of one etcd cluster's etcd-manager
+// unit: `run` and the flags of EtcdManagerConfig.
+func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) ([]string, error) {
+	c, err := EtcdManagerConfig(in, e)
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{"run"}, c.Args()...), nil
+}
+
+// EtcdManagerConfig is the run configuration of one etcd cluster's
+// etcd-manager. The address defaults to the default route's source
+// address; the data directory is where protokube mounts the member's
+// volume, whose slot is the member's identity. The seed carries the
+// configuration's member count and version: etcd-manager writes them as
+// the control spec only when the store has none, so etcd-manager-ctl owns
+// the spec afterwards. On gossip clusters the peers are found through
+// gossip first and the store registry second, so a stale registry does not
+// keep the cluster from forming.
+func EtcdManagerConfig(in *Input, e config.EtcdClusterSpec) (runconfig.Config, error) {
 	s := in.Config.Spec
-	args := append([]string{"run"}, in.StoreSettings().Args()...) // the complete store settings, as nodeup used them
-	args = append(args, "--cluster-name="+s.ClusterName, "--etcd-cluster="+e.Name,
-		"--data-dir="+units.EtcdDataDir(e.Name), "--etcd-bin-dir-root="+EtcdBinDirRoot, "--hosts-file=/etc/hosts",
-		fmt.Sprintf("--peer-port=%d", e.PeerPort), fmt.Sprintf("--client-port=%d", e.ClientPort), fmt.Sprintf("--manager-port=%d", e.ManagerPort),
-		fmt.Sprintf("--seed-members=%d", e.Members), "--seed-etcd-version="+e.Version)
+	c := runconfig.DefaultConfig()
+	c.Store = in.StoreSettings() // the complete store settings, as nodeup used them
+	c.ClusterName, c.EtcdCluster = s.ClusterName, e.Name
+	c.DataDir, c.BinDirRoot, c.HostsFile = units.EtcdDataDir(e.Name), EtcdBinDirRoot, paths.HostsFile
+	c.PeerPort, c.ClientPort, c.ManagerPort = e.PeerPort, e.ClientPort, e.ManagerPort
+	c.SeedMembers, c.SeedEtcdVersion = e.Members, e.Version
 	if e.Name == apiServerEtcdCluster {
-		args = append(args, "--apiserver-client-cert-dir="+APIServerEtcdClientDir)
+		c.APIServerClientCertDir = APIServerEtcdClientDir
 	}
 	// Full backups: the configuration's interval and, when set, the store
 	// they go to (opened with the same store settings).
 	if e.Backups.Interval != "" {
-		args = append(args, "--backup-interval="+e.Backups.Interval)
+		d, err := time.ParseDuration(e.Backups.Interval)
+		if err != nil {
+			return c, fmt.Errorf("spec.etcdClusters[%s].backups.interval: %w", e.Name, err)
+		}
+		c.BackupInterval = d
 	}
 	if e.Backups.VerifyInterval != "" {
-		args = append(args, "--verify-interval="+e.Backups.VerifyInterval)
+		d, err := time.ParseDuration(e.Backups.VerifyInterval)
+		if err != nil {
+			return c, fmt.Errorf("spec.etcdClusters[%s].backups.verifyInterval: %w", e.Name, err)
+		}
+		c.VerifyInterval = d
 	}
-	if e.Backups.Store != "" {
-		args = append(args, "--backup-store="+e.Backups.Store)
-	}
+	c.BackupStore = e.Backups.Store
 	// Retention: unset days are etcd-manager's defaults (the same
 	// constants as pkg/config's).
 	if d := e.Backups.Retention.HourlyDays; d != nil {
-		args = append(args, fmt.Sprintf("--backup-retention-hourly-days=%d", *d))
+		c.RetentionHourlyDays = *d
 	}
 	if d := e.Backups.Retention.DailyDays; d != nil {
-		args = append(args, fmt.Sprintf("--backup-retention-daily-days=%d", *d))
+		c.RetentionDailyDays = *d
 	}
-	return args
+	if s.Gossip != nil {
+		c.Discovery = []string{runconfig.DiscoveryGossip, runconfig.DiscoveryStore}
+		c.GossipAddr = GossipConfig(in).StatusAddr
+	}
+	return c, nil
 }
 
 // etcdManagerInputs restart etcd-manager when its binary or the etcd binary

@@ -1,11 +1,13 @@
 package model
 
 import (
+	"flag"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/tasks"
 	"github.com/kopsnode/agents/pkg/config"
 	units "github.com/kopsnode/agents/systemd-units"
@@ -118,8 +120,16 @@ func TestEtcdManagerSeedAndCertDir(t *testing.T) {
 	main := unitArgs(t, in, "etcd-manager-main.service")
 	events := unitArgs(t, in, "etcd-manager-events.service")
 	for _, args := range [][]string{main, events} {
-		if !hasArg(args, "--seed-members=3") || !hasArg(args, "--seed-etcd-version=3.6.16") || !hasArg(args, "--etcd-bin-dir-root="+EtcdBinDirRoot) {
+		if !hasArg(args, "--seed-members=3") || !hasArg(args, "--seed-etcd-version=3.6.16") {
 			t.Errorf("etcd-manager args lack the seed: %v", args)
+		}
+		// It runs the etcd binaries where nodeup installs them (given or
+		// by default).
+		c := runconfig.DefaultConfig()
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		c.AddFlags(fs)
+		if err := fs.Parse(args[1:]); err != nil || c.BinDirRoot != EtcdBinDirRoot {
+			t.Errorf("etcd-manager looks for etcd in %q, nodeup installs it in %q (%v)", c.BinDirRoot, EtcdBinDirRoot, err)
 		}
 	}
 	if !hasArg(main, "--apiserver-client-cert-dir="+APIServerEtcdClientDir) {
