@@ -22,6 +22,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/control"
 	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/identity"
+	"github.com/kopsnode/agents/pkg/paths"
 	"github.com/kopsnode/agents/pkg/store"
 )
 
@@ -120,7 +121,7 @@ func DefaultConfig(clusterName, etcdCluster string) Config {
 	c := Config{
 		ClusterName:         clusterName,
 		EtcdCluster:         etcdCluster,
-		BinDirRoot:          "/opt/etcd",
+		BinDirRoot:          paths.EtcdBinDirRoot,
 		PeerPort:            2380,
 		ClientPort:          4001,
 		ManagerPort:         3994,
