@@ -190,6 +190,11 @@ type Volume struct {
 	// configured for the etcd cluster.
 	Slot       string     `json:"slot,omitempty"`
 	Attachment Attachment `json:"attachment"`
+	// Unreachable says why this machine can never attach the volume (for
+	// example "in zone us-east-1b, this machine in us-east-1a"); empty
+	// when it can. Such a volume is never adopted here, but its slot
+	// stays taken.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // ErrNotSupported is returned by providers for operations they cannot do

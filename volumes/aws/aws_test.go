@@ -387,6 +387,9 @@ func TestWrongZone(t *testing.T) {
 	if err != nil || len(vols) != 1 || vols[0].ID != id || vols[0].Slot != "main-2" {
 		t.Fatalf("List = %+v, %v; want the volume %s in %s listed (its slot is taken)", vols, err, id, zoneB)
 	}
+	if !strings.Contains(vols[0].Unreachable, zoneB) {
+		t.Fatalf("List: volume %s in %s has Unreachable %q, want the reason naming its zone (slots must never adopt it here)", id, zoneB, vols[0].Unreachable)
+	}
 	_, err = p.Attach(ctx, vols[0])
 	if !errors.Is(err, awsvol.ErrWrongZone) || !strings.Contains(err.Error(), zoneB) {
 		t.Fatalf("AttachEBS of a volume in %s = %v, want ErrWrongZone naming the zone", zoneB, err)

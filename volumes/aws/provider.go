@@ -12,7 +12,8 @@ var _ volumes.Provider = (*Provider)(nil)
 
 // List returns the volumes tagged for the etcd cluster of the cluster that
 // carry a valid slot tag, in every zone: a volume in another zone cannot be
-// attached here (Attach says so with ErrWrongZone) but its slot is taken.
+// attached here (Unreachable says so, and Attach refuses it with
+// ErrWrongZone) but its slot is taken.
 // A volume held by another instance says whether that instance runs.
 func (p *Provider) List(ctx context.Context, cluster, etcdCluster string) ([]volumes.Volume, error) {
 	ebs, err := p.ListEBS(ctx, cluster, etcdCluster)
@@ -35,6 +36,9 @@ func (p *Provider) List(ctx context.Context, cluster, etcdCluster string) ([]vol
 
 func (p *Provider) toVolume(v EBSVolume) volumes.Volume {
 	out := volumes.Volume{ID: v.ID, Slot: v.Slot, Attachment: volumes.Attachment{State: volumes.NotAttached}}
+	if v.Zone != p.zone {
+		out.Unreachable = fmt.Sprintf("in zone %s, this instance in %s", v.Zone, p.zone)
+	}
 	switch {
 	case v.Instance == "":
 	case p.attachedHere(v):

@@ -73,6 +73,9 @@ var (
 	ErrNoDisk = errors.New("no volume for a new member")
 	// ErrLost: another machine wrote the slot's record first.
 	ErrLost = errors.New("another machine took the slot first")
+	// errUnreachable: the slot's volume can never be attached here (another
+	// zone); the slot counts as taken and this machine looks for another.
+	errUnreachable = errors.New("volume out of this machine's reach")
 )
 
 // Action is what Decide says to do.
@@ -209,6 +212,9 @@ func Decide(in Input) Decision {
 			return nil, nil
 		}
 		v := vs[0]
+		if v.Unreachable != "" {
+			return nil, fmt.Errorf("volume %s of slot %s cannot be attached to this machine (%s): %w", v.ID, slot, v.Unreachable, errUnreachable)
+		}
 		if v.Attachment.State == volumes.AttachedElsewhere && v.Attachment.InstanceRunning {
 			return nil, fmt.Errorf("volume %s of slot %s is attached to %s, which is running: %w", v.ID, slot, v.Attachment.Instance, ErrHeld)
 		}
@@ -243,6 +249,10 @@ func Decide(in Input) Decision {
 		cond := store.Condition{IfVersion: r.Version}
 		v, err := adoptable(slot)
 		switch {
+		case errors.Is(err, errUnreachable):
+			// A record from before the volume was known to be out of
+			// reach: let it lapse so a machine that can attach it does.
+			continue
 		case err != nil:
 			return Decision{Action: Wait, Slot: slot, Err: err}
 		case v != nil:

@@ -35,6 +35,13 @@ func vol(id, slot string, a volumes.Attachment) volumes.Volume {
 	return volumes.Volume{ID: id, Slot: slot, Attachment: a}
 }
 
+// otherZone marks a volume out of this machine's reach, as the aws
+// provider lists a volume of another availability zone.
+func otherZone(v volumes.Volume) volumes.Volume {
+	v.Unreachable = "in zone us-east-1b, this instance in us-east-1a"
+	return v
+}
+
 // TestDecide is the slot decision, case by case.
 func TestDecide(t *testing.T) {
 	cases := []struct {
@@ -42,6 +49,7 @@ func TestDecide(t *testing.T) {
 		vols      []volumes.Volume
 		recs      []Held
 		canCreate bool
+		slots     []string // default slots3
 		want      Action
 		slot      string
 		volume    string
@@ -56,6 +64,15 @@ func TestDecide(t *testing.T) {
 		{name: "cloud: no disk, creates the volume of a free slot",
 			canCreate: true, recs: []Held{rec("main-1", "a", current)}, vols: []volumes.Volume{vol("vol-1", "main-1", running)},
 			want: NewVolume, slot: "main-2", cond: store.Condition{IfAbsent: true}},
+		{name: "cloud: a lapsed slot's volume in another zone is not adopted; a free slot gets a new volume",
+			canCreate: true, recs: []Held{rec("main-1", "dead", lapsed)}, vols: []volumes.Volume{otherZone(vol("vol-1", "main-1", free))},
+			want: NewVolume, slot: "main-2", cond: store.Condition{IfAbsent: true}},
+		{name: "cloud: its own record for a slot whose volume is in another zone lapses; a free slot instead",
+			canCreate: true, recs: []Held{rec("main-1", "me", current)}, vols: []volumes.Volume{otherZone(vol("vol-1", "main-1", free))},
+			want: NewVolume, slot: "main-2", cond: store.Condition{IfAbsent: true}},
+		{name: "cloud: the only slot's volume is in another zone: wait, naming why",
+			recs: []Held{rec("main-1", "dead", lapsed)}, vols: []volumes.Volume{otherZone(vol("vol-1", "main-1", free))}, slots: []string{"main-1"},
+			want: Wait, errIs: ErrHeld, errHas: "cannot be attached to this machine (in zone us-east-1b"},
 		{name: "metal without a disk waits and says so",
 			want: Wait, errIs: ErrNoDisk},
 		{name: "restart: its own volume here, its own lease",
@@ -114,7 +131,11 @@ func TestDecide(t *testing.T) {
 			for _, r := range tc.recs {
 				recs[r.Slot] = r
 			}
-			d := Decide(Input{Machine: "me", Slots: slots3, Volumes: tc.vols, Records: recs, Now: t0, CanCreate: tc.canCreate})
+			slots := slots3
+			if tc.slots != nil {
+				slots = tc.slots
+			}
+			d := Decide(Input{Machine: "me", Slots: slots, Volumes: tc.vols, Records: recs, Now: t0, CanCreate: tc.canCreate})
 			if d.Action != tc.want {
 				t.Fatalf("Decide = %+v (err %v), want %s", d, d.Err, tc.want)
 			}
