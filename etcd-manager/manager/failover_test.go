@@ -13,11 +13,14 @@ import (
 // TestFailoverWithDefaults: with the production tick, lease and peer
 // timeout, the leader's machine dies the way a real one does (its address
 // drops every packet, then its manager and etcd are killed); another
-// instance leads, under a higher term, and the two survivors take a write
-// within 10 s. Needs root (iptables).
+// instance leads, under a higher term, and the two survivors take a write.
+// The wait is bounded by the election's own bound (a survivor takes over
+// one lease after it last saw the lease renewed, plus ticks), with room
+// for a loaded machine; the 10 s target itself is a figure of
+// BenchmarkFailover, not a timed assertion. Needs root (iptables).
 func TestFailoverWithDefaults(t *testing.T) {
-	const target = 10 * time.Second
 	d := manager.DefaultConfig("test.k8s.local", "main")
+	target := 3 * d.LeaseDuration
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.110", Versions: []string{version},
 		Tick: d.Tick, LeaseDuration: d.LeaseDuration,
 		Mutate: func(cfg *manager.Config) { cfg.PeerTimeout = d.PeerTimeout }})
