@@ -64,7 +64,12 @@ func TestBuilderRoundTrip(t *testing.T) {
 	if a := defaults().args(); a != nil {
 		t.Errorf("defaults render %q", a)
 	}
-	if u := Unset(func() *flag.FlagSet { fs := flag.NewFlagSet("t", flag.ContinueOnError); s := defaults(); s.addFlags(fs); return fs }(), "name", "on", "off", "n", "every"); !reflect.DeepEqual(u, []string{"seed"}) {
+	if u := Unset(func() *flag.FlagSet {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		s := defaults()
+		s.addFlags(fs)
+		return fs
+	}(), "name", "on", "off", "n", "every"); !reflect.DeepEqual(u, []string{"seed"}) {
 		t.Errorf("Unset with exceptions: %q", u)
 	}
 }
