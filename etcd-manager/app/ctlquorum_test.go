@@ -67,7 +67,7 @@ func TestCtlRecoverQuorumFromBackup(t *testing.T) {
 func TestPrintRetentionQuorum(t *testing.T) {
 	var b strings.Builder
 	st := manager.Status{
-		Backups: &manager.BackupStatus{Retention: &manager.RetentionStatus{Policy: backup.Policy{HourlyDays: 7, DailyDays: 90}, LastRun: time.Now(), Kept: 12, Protected: "p", Deleted: 3}},
+		Backups:    &manager.BackupStatus{Retention: &manager.RetentionStatus{Policy: backup.Policy{HourlyDays: 7, DailyDays: 90}, LastRun: time.Now(), Kept: 12, Protected: "p", Deleted: 3}},
 		QuorumLoss: &manager.QuorumLossStatus{Plan: &quorum.Plan{Lost: true, Healthy: 0, Needed: 2, Source: quorum.SourceMember, Member: "m1", RaftIndex: 42, Revision: 7}},
 	}
 	printRetentionQuorum(&b, st)
