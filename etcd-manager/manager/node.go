@@ -46,11 +46,10 @@ func (m *Manager) Info(ctx context.Context) (peer.Info, error) {
 			info.EtcdHealthy = true
 			info.MemberID = strconv.FormatUint(id, 16)
 			info.EtcdLearner = learner
-		} else if errors.Is(err, errNoRaftLeader) {
-			// No raft leader: how far this member got (quorumloss.go).
-			// Not asked when etcd did not answer at all: a second wait
-			// would make Info slower than a peer's call to it.
-			info.RaftIndex, info.RaftTerm, info.Revision = m.localRaftPosition(ctx)
+		} else if nl := (*noRaftLeaderError)(nil); errors.As(err, &nl) {
+			// No raft leader: how far this member got (quorumloss.go),
+			// from the same Status answer (no second wait).
+			info.RaftIndex, info.RaftTerm, info.Revision = nl.index, nl.term, nl.rev
 		}
 	}
 	return info, nil
@@ -71,12 +70,13 @@ func (m *Manager) localHealth(ctx context.Context) (memberID uint64, learner boo
 	if err != nil {
 		return 0, false, err
 	}
+	if resp.Leader == 0 {
+		// Serving but not (yet) part of a working raft group (etcd
+		// also lists "no leader" in its errors then).
+		return 0, false, &noRaftLeaderError{index: resp.RaftIndex, term: resp.RaftTerm, rev: resp.Header.Revision}
+	}
 	if len(resp.Errors) > 0 {
 		return 0, false, fmt.Errorf("etcd reports: %v", resp.Errors)
-	}
-	if resp.Leader == 0 {
-		// Serving but not (yet) part of a working raft group.
-		return 0, false, errNoRaftLeader
 	}
 	return resp.Header.MemberId, resp.IsLearner, nil
 }

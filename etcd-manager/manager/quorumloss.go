@@ -149,7 +149,12 @@ func (m *Manager) quorumLossTick(ctx context.Context, spec control.Spec, infos m
 		for _, id := range reachable {
 			reports = append(reports, reportOf(infos[id], reachable, now))
 		}
-		plan, perr := quorum.MakePlan(spec.MemberCount, token, reports, m.newestBackup(ctx), quorum.Choice{})
+		plan, perr := quorum.MakePlan(spec.MemberCount, token, reports, nil, quorum.Choice{})
+		if perr == nil && plan.Lost && plan.Source == quorum.SourceNone {
+			// Only then does the newest backup matter: listing the
+			// backups reads every meta object.
+			plan, perr = quorum.MakePlan(spec.MemberCount, token, reports, m.newestBackup(ctx), quorum.Choice{})
+		}
 		m.mu.Lock()
 		m.quorum.plan = &plan
 		m.quorum.planErr = ""
@@ -442,3 +447,14 @@ func (m *Manager) refuseRecoverQuorum(c control.Command) {
 	m.logger.Warn("refusing recover-quorum: the cluster has a quorum", "command", c.ID, "member", c.Args["member"])
 	m.writeCommandResult(c.ID, "", err)
 }
+
+// noRaftLeaderError is localHealth's answer when the local etcd answers
+// without a raft leader (it is errNoRaftLeader), with how far the member
+// got: Info reports it for the quorum-loss plan.
+type noRaftLeaderError struct {
+	index, term uint64
+	rev         int64
+}
+
+func (e *noRaftLeaderError) Error() string        { return errNoRaftLeader.Error() }
+func (e *noRaftLeaderError) Is(target error) bool { return target == errNoRaftLeader }

@@ -41,6 +41,9 @@ func TestRecoverQuorumFromSurvivor(t *testing.T) {
 		st, _ := m1.Status(ctx)
 		q := st.QuorumLoss
 		if q == nil || q.Plan == nil || !q.Plan.Lost || q.Plan.Source != quorum.SourceMember || q.Plan.Member != "m1" || q.Plan.RaftIndex == 0 {
+			if q != nil && q.Plan != nil {
+				return fmt.Errorf("quorum loss plan %+v", *q.Plan)
+			}
 			return fmt.Errorf("quorum loss status %+v", q)
 		}
 		return nil
