@@ -92,12 +92,12 @@ type Manager struct {
 	restores restoreRuntime
 	// retention is the leader's memory of its retention passes.
 	retention retentionState
+	// quorum is the quorum-loss plan and recovery (quorumloss.go).
+	quorum quorumState
 	// verify is the leader's verify goroutine and its state (verify.go).
 	verify verifyKeeper
 	// deltas is the leader's delta goroutine and its state (deltas.go).
 	deltas deltaKeeper
-	// quorum is the quorum-loss plan and recovery (quorumloss.go).
-	quorum quorumState
 }
 
 // Start validates cfg, loads the identity, issues certificates, serves

@@ -42,11 +42,11 @@ type Status struct {
 	// leader takes them; the last good one is read from the store when
 	// an instance becomes leader).
 	Backups *BackupStatus `json:"backups,omitempty"`
-	// Deltas is the leader's delta chain: last durable revision and RPO.
-	Deltas *DeltaStatus `json:"deltas,omitempty"`
 	// QuorumLoss, while the etcd quorum is lost, is the recovery this
 	// instance would follow (quorumloss.go).
 	QuorumLoss *QuorumLossStatus `json:"quorumLoss,omitempty"`
+	// Deltas is the leader's delta chain: last durable revision and RPO.
+	Deltas *DeltaStatus `json:"deltas,omitempty"`
 }
 
 // MemberStatus is one etcd member.
@@ -77,8 +77,8 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	s.Peers = append([]peer.Info(nil), s.Peers...)
 	s.APIServerClientCert = m.apiserverStatusLocked()
 	s.Backups = m.backupStatusLocked()
-	s.Deltas = m.deltaStatus()
 	s.QuorumLoss = m.quorumStatusLocked()
+	s.Deltas = m.deltaStatus()
 	return s, nil
 }
 
