@@ -20,6 +20,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/discovery"
 	"github.com/kopsnode/agents/etcd-manager/manager"
 	"github.com/kopsnode/agents/gossip/localapi"
+	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/store"
@@ -31,6 +32,9 @@ const (
 	DiscoveryStore  = "store"
 	DiscoveryStatic = "static"
 	DiscoveryGossip = "gossip"
+	// DiscoveryAWSVolumes finds peers through the etcd cluster's EBS
+	// volumes attached to running instances (with AWS).
+	DiscoveryAWSVolumes = "aws-volumes"
 )
 
 // Config is every flag of `etcd-manager run`.
@@ -64,6 +68,9 @@ type Config struct {
 	// GossipAddr is the local gossip daemon's API (protokube gossip's
 	// --status-listen), for the gossip backend.
 	GossipAddr string
+	// AWS is how the aws-volumes backend reaches EC2 and the instance
+	// metadata service: the node configuration's volume.aws.
+	AWS config.AWSVolumeSpec
 
 	Tick, LeaseDuration, PeerTimeout, DeadMemberThreshold time.Duration
 
@@ -142,9 +149,12 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SeedEtcdVersion, "seed-etcd-version", c.SeedEtcdVersion, "etcd version written as the cluster spec when the store has none (with --seed-members)")
 	fs.Var(commaList{&c.ExtraSANs}, "extra-sans", "comma-separated extra IP addresses or names for this instance's certificates")
 	c.Store.AddFlags(fs) // --store (required), --store-endpoint, --store-region, --store-path-style
-	fs.Var(commaList{&c.Discovery}, "discovery", "peer discovery, comma-separated, the first naming an instance winning: store (registry in the state store), static (--peers), gossip (records through the local protokube gossip, --gossip-addr)")
+	fs.Var(commaList{&c.Discovery}, "discovery", "peer discovery, comma-separated, the first naming an instance winning: store (registry in the state store), static (--peers), gossip (records through the local protokube gossip, --gossip-addr), aws-volumes (the etcd cluster's EBS volumes attached to running instances, --aws-*)")
 	fs.StringVar(&c.Peers, "peers", c.Peers, "static peers as id=host:port,... (with --discovery static)")
 	fs.StringVar(&c.GossipAddr, "gossip-addr", c.GossipAddr, "the local gossip daemon's API, its --status-listen (with --discovery gossip)")
+	fs.StringVar(&c.AWS.Region, "aws-region", c.AWS.Region, "EC2 region of --discovery aws-volumes (default: the instance's, from the instance metadata service)")
+	fs.StringVar(&c.AWS.EC2Endpoint, "aws-ec2-endpoint", c.AWS.EC2Endpoint, "EC2 API URL of --discovery aws-volumes (default: AWS's for the region)")
+	fs.StringVar(&c.AWS.IMDSEndpoint, "aws-imds-endpoint", c.AWS.IMDSEndpoint, "instance metadata service URL of --discovery aws-volumes (default: AWS's)")
 	fs.DurationVar(&c.Tick, "tick", c.Tick, "reconcile interval")
 	fs.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "leader lease duration")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "timeout of one peer call")
@@ -186,6 +196,9 @@ func (c Config) Args() []string {
 	b.String("discovery", strings.Join(c.Discovery, ","), strings.Join(d.Discovery, ","))
 	b.String("peers", c.Peers, d.Peers)
 	b.String("gossip-addr", c.GossipAddr, d.GossipAddr)
+	b.String("aws-region", c.AWS.Region, d.AWS.Region)
+	b.String("aws-ec2-endpoint", c.AWS.EC2Endpoint, d.AWS.EC2Endpoint)
+	b.String("aws-imds-endpoint", c.AWS.IMDSEndpoint, d.AWS.IMDSEndpoint)
 	b.Duration("tick", c.Tick, d.Tick)
 	b.Duration("lease-duration", c.LeaseDuration, d.LeaseDuration)
 	b.Duration("peer-timeout", c.PeerTimeout, d.PeerTimeout)
@@ -306,11 +319,13 @@ func (c Config) Validate() error {
 func (c Config) validateDiscovery() []error {
 	var errs []error
 	if len(c.Discovery) == 0 {
-		errs = append(errs, errors.New("--discovery: empty; one or more of store, static, gossip"))
+		errs = append(errs, errors.New("--discovery: empty; one or more of store, static, gossip, aws-volumes"))
 	}
 	for i, d := range c.Discovery {
 		switch d {
 		case DiscoveryStore, DiscoveryGossip:
+		case DiscoveryAWSVolumes:
+			errs = append(errs, validateAWS(c.AWS)...)
 		case DiscoveryStatic:
 			if _, err := ParsePeers(c.Peers); err != nil {
 				errs = append(errs, err)
@@ -318,7 +333,7 @@ func (c Config) validateDiscovery() []error {
 				errs = append(errs, errors.New("--peers: required with --discovery static"))
 			}
 		default:
-			errs = append(errs, fmt.Errorf("--discovery: %q is not store, static or gossip", d))
+			errs = append(errs, fmt.Errorf("--discovery: %q is not store, static, gossip or aws-volumes", d))
 		}
 		if slices.Index(c.Discovery, d) != i {
 			errs = append(errs, fmt.Errorf("--discovery: %q is named twice", d))
@@ -335,7 +350,9 @@ func (c Config) validateDiscovery() []error {
 // NewDiscovery builds the backends --discovery names, in its order: the
 // store registry under the control area's peers/ (records live for four
 // lease durations), the static --peers, and gossip through --gossip-addr
-// (records leased for four lease durations).
+// (records leased for four lease durations) and the EBS volumes of the
+// etcd cluster (aws-volumes, peers at their holders' private addresses and
+// the manager port).
 func (c Config) NewDiscovery(st store.Store) (discovery.Discovery, error) {
 	ttl := 4 * c.LeaseDuration
 	var ds discovery.Union
@@ -352,13 +369,20 @@ func (c Config) NewDiscovery(st store.Store) (discovery.Discovery, error) {
 			ds = append(ds, peers)
 		case DiscoveryGossip:
 			ds = append(ds, discovery.Gossip{Client: localapi.Client{Addr: c.GossipAddr}, EtcdCluster: c.EtcdCluster, Lease: ttl})
+		case DiscoveryAWSVolumes:
+			port := c.ManagerPort
+			if port == 0 {
+				port = manager.DefaultConfig(c.ClusterName, c.EtcdCluster).ManagerPort
+			}
+			l := &awsVolumeLister{spec: c.AWS, cluster: c.ClusterName, etcdCluster: c.EtcdCluster}
+			ds = append(ds, discovery.AWSVolumes{List: l.List, ManagerPort: port})
 		default:
-			return nil, fmt.Errorf("--discovery: %q is not store, static or gossip", name)
+			return nil, fmt.Errorf("--discovery: %q is not store, static, gossip or aws-volumes", name)
 		}
 	}
 	switch len(ds) {
 	case 0:
-		return nil, errors.New("--discovery: empty; one or more of store, static, gossip")
+		return nil, errors.New("--discovery: empty; one or more of store, static, gossip, aws-volumes")
 	case 1:
 		return ds[0], nil
 	}

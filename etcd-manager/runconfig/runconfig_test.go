@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kopsnode/agents/pkg/config"
 	"github.com/kopsnode/agents/pkg/flagargs"
 	"github.com/kopsnode/agents/pkg/logging"
 	"github.com/kopsnode/agents/pkg/store/storeurl"
@@ -20,7 +21,8 @@ func full() Config {
 		DNSSuffix: "internal.example", AdvertiseNames: true, HostsFile: "/etc/hosts", APIServerClientCertDir: "/etc/kubernetes/pki/etcd",
 		LocalClientAddress: "", SeedMembers: 3, SeedEtcdVersion: "3.6.16", ExtraSANs: []string{"10.0.0.99", "etcd.example"},
 		Store:     storeurl.Settings{URL: "s3://state/clusters", Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true},
-		Discovery: []string{DiscoveryGossip, DiscoveryStore, DiscoveryStatic}, Peers: "events-1=10.0.0.11:3995", GossipAddr: "127.0.0.1:4993",
+		Discovery: []string{DiscoveryGossip, DiscoveryAWSVolumes, DiscoveryStore, DiscoveryStatic}, Peers: "events-1=10.0.0.11:3995", GossipAddr: "127.0.0.1:4993",
+		AWS:       config.AWSVolumeSpec{Region: "eu-west-1", EC2Endpoint: "http://127.0.0.1:4566", IMDSEndpoint: "http://127.0.0.1:4567"},
 		Tick: 3 * time.Second, LeaseDuration: 9 * time.Second, PeerTimeout: 4 * time.Second, DeadMemberThreshold: time.Minute,
 		BackupInterval: time.Hour, VerifyInterval: 2 * time.Hour, DeltaInterval: 7 * time.Second, BackupStore: "gs://backups/etcd",
 		RetentionHourlyDays: 2, RetentionDailyDays: 30, EtcdLogLevel: "debug", MetricsAddr: "127.0.0.1:4992",
@@ -57,7 +59,8 @@ func TestValidateNamesFlags(t *testing.T) {
 	c := DefaultConfig()
 	c.EtcdCluster, c.BinDirRoot, c.Address, c.PeerPort = "a/b", "opt/etcd", "nope", 70000
 	c.SeedMembers, c.Store.Endpoint = 3, "ftp://x"
-	c.Discovery, c.GossipAddr = []string{"gossip", "dns", "static", "gossip"}, "nowhere"
+	c.Discovery, c.GossipAddr = []string{"gossip", "dns", "static", "gossip", "aws-volumes"}, "nowhere"
+	c.AWS.EC2Endpoint, c.AWS.IMDSEndpoint = "ec2.example", "ftp://imds"
 	c.Tick, c.DeltaInterval, c.RetentionDailyDays, c.MetricsAddr = 0, -time.Second, -1, "x"
 	c.Log.Level = "loud"
 	err := c.Validate()
@@ -65,7 +68,7 @@ func TestValidateNamesFlags(t *testing.T) {
 		t.Fatal("accepted")
 	}
 	for _, want := range []string{"--cluster-name", "--data-dir", "--etcd-bin-dir-root", "--address", "--peer-port", "--seed-members and --seed-etcd-version",
-		"--store: required", `"dns" is not`, "--peers: required", "named twice", "--gossip-addr", "--tick", "--delta-interval", "--backup-retention", "--metrics-addr", "--log-level"} {
+		"--store: required", `"dns" is not`, "--peers: required", "named twice", "--gossip-addr", "--aws-ec2-endpoint", "--aws-imds-endpoint", "--tick", "--delta-interval", "--backup-retention", "--metrics-addr", "--log-level"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}

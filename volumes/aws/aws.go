@@ -205,8 +205,9 @@ type EBSVolume struct {
 	Tags map[string]string
 	// Instance, Device and AttachState describe the attachment, if any;
 	// InstanceState is the holder's state (running, stopped, terminated...)
-	// when Instance is not this instance.
-	Instance, Device, AttachState, InstanceState string
+	// when Instance is not this instance, and PrivateIP that instance's
+	// private IPv4 address (empty when EC2 answers none).
+	Instance, Device, AttachState, InstanceState, PrivateIP string
 }
 
 // AttachedHere reports whether the volume is attached (or attaching) to
@@ -347,26 +348,13 @@ func (p *Provider) fillInstanceStates(ctx context.Context, vols []EBSVolume) err
 	if len(ids) == 0 {
 		return nil
 	}
-	states := map[string]string{}
-	pg := ec2.NewDescribeInstancesPaginator(p.ec2, &ec2.DescribeInstancesInput{
-		Filters: []types.Filter{{Name: aws.String("instance-id"), Values: ids}},
-	})
-	for pg.HasMorePages() {
-		page, err := pg.NextPage(ctx)
-		if err != nil {
-			return callError("DescribeInstances", "", "instances "+strings.Join(ids, ", "), err)
-		}
-		for _, r := range page.Reservations {
-			for _, in := range r.Instances {
-				if in.State != nil {
-					states[aws.ToString(in.InstanceId)] = string(in.State.Name)
-				}
-			}
-		}
+	infos, err := p.describeInstances(ctx, ids)
+	if err != nil {
+		return err
 	}
 	for i := range vols {
 		if v := &vols[i]; v.Instance != "" && v.Instance != p.instance {
-			v.InstanceState = states[v.Instance]
+			v.InstanceState, v.PrivateIP = infos[v.Instance].state, infos[v.Instance].privateIP
 			if v.InstanceState == "" {
 				// Terminated instances drop out of DescribeInstances after
 				// about an hour; their attachments are gone by then.

@@ -188,6 +188,19 @@ func (s *Server) AddInstance(az string, tags map[string]string) string {
 	return id
 }
 
+// SetPrivateIP sets an instance's private address (tests that run real
+// servers on loopback addresses give the instances those).
+func (s *Server) SetPrivateIP(id, ip string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.instances[id]
+	if !ok {
+		return fmt.Errorf("ec2local: no instance %s", id)
+	}
+	in.privateIP = ip
+	return nil
+}
+
 // SetInstanceState sets an instance's state. Terminating it detaches its
 // volumes (detaching, then available after Delay), as EC2 does; stopping
 // keeps them attached.
