@@ -22,7 +22,7 @@ func full() Config {
 		LocalClientAddress: "", SeedMembers: 3, SeedEtcdVersion: "3.6.16", ExtraSANs: []string{"10.0.0.99", "etcd.example"},
 		Store:     storeurl.Settings{URL: "s3://state/clusters", Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true},
 		Discovery: []string{DiscoveryGossip, DiscoveryAWSVolumes, DiscoveryStore, DiscoveryStatic}, Peers: "events-1=10.0.0.11:3995", GossipAddr: "127.0.0.1:4993",
-		AWS:       config.AWSVolumeSpec{Region: "eu-west-1", EC2Endpoint: "http://127.0.0.1:4566", IMDSEndpoint: "http://127.0.0.1:4567"},
+		AWS:  config.AWSVolumeSpec{Region: "eu-west-1", EC2Endpoint: "http://127.0.0.1:4566", IMDSEndpoint: "http://127.0.0.1:4567"},
 		Tick: 3 * time.Second, LeaseDuration: 9 * time.Second, PeerTimeout: 4 * time.Second, DeadMemberThreshold: time.Minute,
 		BackupInterval: time.Hour, VerifyInterval: 2 * time.Hour, DeltaInterval: 7 * time.Second, BackupStore: "gs://backups/etcd",
 		RetentionHourlyDays: 2, RetentionDailyDays: 30, EtcdLogLevel: "debug", MetricsAddr: "127.0.0.1:4992",
