@@ -221,6 +221,7 @@ func PrintStatus(w io.Writer, st manager.Status) error {
 			fmt.Fprintf(tw, "delta error:\t%s: %s\n", d.FailureReason, d.LastError)
 		}
 	}
+	printVerifyStatus(tw, st)
 	printRetentionQuorum(tw, st)
 	if a := st.APIServerClientCert; a != nil {
 		cert := "none yet"
