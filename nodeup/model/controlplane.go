@@ -392,8 +392,9 @@ func etcdManagerArgs(in *Input, e config.EtcdClusterSpec) ([]string, error) {
 // configuration's member count and version: etcd-manager writes them as
 // the control spec only when the store has none, so etcd-manager-ctl owns
 // the spec afterwards. On gossip clusters the peers are found through
-// gossip first and the store registry second, so a stale registry does not
-// keep the cluster from forming.
+// gossip first, with the aws volume provider through the EBS volumes
+// (aws-volumes) next, and the store registry last, so a stale registry does
+// not keep the cluster from forming.
 func EtcdManagerConfig(in *Input, e config.EtcdClusterSpec) (runconfig.Config, error) {
 	s := in.Config.Spec
 	c := runconfig.DefaultConfig()
@@ -430,9 +431,22 @@ func EtcdManagerConfig(in *Input, e config.EtcdClusterSpec) (runconfig.Config, e
 	if d := e.Backups.Retention.DailyDays; d != nil {
 		c.RetentionDailyDays = *d
 	}
+	// With EBS volumes the peers are also found through EC2: the volumes
+	// of the etcd cluster attached to running instances (after gossip, when
+	// on), reached with the provider's own EC2 and metadata settings.
+	var disc []string
 	if s.Gossip != nil {
-		c.Discovery = []string{runconfig.DiscoveryGossip, runconfig.DiscoveryStore}
+		disc = append(disc, runconfig.DiscoveryGossip)
 		c.GossipAddr = GossipConfig(in).StatusAddr
+	}
+	if v := s.Volume; v != nil && v.Provider == config.VolumeProviderAWS {
+		disc = append(disc, runconfig.DiscoveryAWSVolumes)
+		if v.AWS != nil {
+			c.AWS = *v.AWS
+		}
+	}
+	if disc != nil {
+		c.Discovery = append(disc, runconfig.DiscoveryStore)
 	}
 	return c, nil
 }

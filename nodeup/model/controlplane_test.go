@@ -151,3 +151,36 @@ func TestEtcdManagerSeedAndCertDir(t *testing.T) {
 		}
 	}
 }
+
+// With the aws volume provider, etcd-manager finds its peers through the
+// EBS volumes too, with the provider's EC2 and metadata settings, after
+// gossip when gossip is on and before the store registry.
+func TestEtcdManagerAWSVolumesDiscovery(t *testing.T) {
+	in := cpInput(t)
+	aws := config.AWSVolumeSpec{Region: "eu-west-1", EC2Endpoint: "http://127.0.0.1:4566", IMDSEndpoint: "http://127.0.0.1:4567"}
+	in.Config.Spec.Volume = &config.VolumeProviderSpec{Provider: config.VolumeProviderAWS, AWS: &aws}
+	for _, gossip := range []bool{false, true} {
+		if gossip {
+			in.Config.Spec.Gossip = &config.GossipSpec{}
+		} else {
+			in.Config.Spec.Gossip = nil
+		}
+		args := unitArgs(t, in, "etcd-manager-main.service")
+		c := runconfig.DefaultConfig()
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		c.AddFlags(fs)
+		if err := fs.Parse(args[1:]); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("gossip %v: %v", gossip, err)
+		}
+		want := []string{runconfig.DiscoveryAWSVolumes, runconfig.DiscoveryStore}
+		if gossip {
+			want = append([]string{runconfig.DiscoveryGossip}, want...)
+		}
+		if !slices.Equal(c.Discovery, want) || c.AWS != aws {
+			t.Errorf("gossip %v: discovery %v with %+v, want %v with %+v", gossip, c.Discovery, c.AWS, want, aws)
+		}
+	}
+}
