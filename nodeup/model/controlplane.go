@@ -422,6 +422,13 @@ func EtcdManagerConfig(in *Input, e config.EtcdClusterSpec) (runconfig.Config, e
 		}
 		c.VerifyInterval = d
 	}
+	if e.Backups.DeltaInterval != "" {
+		d, err := time.ParseDuration(e.Backups.DeltaInterval)
+		if err != nil {
+			return c, fmt.Errorf("spec.etcdClusters[%s].backups.deltaInterval: %w", e.Name, err)
+		}
+		c.DeltaInterval = d
+	}
 	c.BackupStore = e.Backups.Store
 	// Retention: unset days are etcd-manager's defaults (the same
 	// constants as pkg/config's).

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kopsnode/agents/etcd-manager/runconfig"
 	"github.com/kopsnode/agents/nodeup/tasks"
@@ -182,5 +183,40 @@ func TestEtcdManagerAWSVolumesDiscovery(t *testing.T) {
 		if !slices.Equal(c.Discovery, want) || c.AWS != aws {
 			t.Errorf("gossip %v: discovery %v with %+v, want %v with %+v", gossip, c.Discovery, c.AWS, want, aws)
 		}
+	}
+}
+
+// The backups settings of an etcd cluster reach its etcd-manager's unit:
+// verification, deltas (0s turns them off) and retention; unset ones are
+// etcd-manager's defaults.
+func TestEtcdManagerBackupSettings(t *testing.T) {
+	parse := func(in *Input, unit string) runconfig.Config {
+		t.Helper()
+		c := runconfig.DefaultConfig()
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		c.AddFlags(fs)
+		if err := fs.Parse(unitArgs(t, in, unit)[1:]); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("%s: %v", unit, err)
+		}
+		return c
+	}
+	in := cpInput(t)
+	b := &in.Config.Spec.EtcdClusters[0].Backups
+	b.VerifyInterval, b.DeltaInterval = "6h", "0s"
+	b.Retention.HourlyDays, b.Retention.DailyDays = new(2), new(30)
+	in.Config.Spec.EtcdClusters[1].Backups.DeltaInterval = "30s"
+	if err := in.Config.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	main, events := parse(in, "etcd-manager-main.service"), parse(in, "etcd-manager-events.service")
+	if main.VerifyInterval != 6*time.Hour || main.DeltaInterval != 0 || main.RetentionHourlyDays != 2 || main.RetentionDailyDays != 30 {
+		t.Errorf("main: verify %s, deltas %s, retention %d/%d; want 6h, 0s, 2/30", main.VerifyInterval, main.DeltaInterval, main.RetentionHourlyDays, main.RetentionDailyDays)
+	}
+	d := runconfig.DefaultConfig()
+	if events.DeltaInterval != 30*time.Second || events.VerifyInterval != d.VerifyInterval || events.RetentionHourlyDays != d.RetentionHourlyDays {
+		t.Errorf("events: deltas %s, verify %s, hourly %d; want 30s and the defaults %s, %d", events.DeltaInterval, events.VerifyInterval, events.RetentionHourlyDays, d.VerifyInterval, d.RetentionHourlyDays)
 	}
 }

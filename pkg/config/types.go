@@ -318,6 +318,11 @@ type BackupSpec struct {
 	// "1h"; unset: etcd-manager's default, daily (docs/etcd-manager.md,
 	// "Verification").
 	VerifyInterval string `yaml:"verifyInterval,omitempty" json:"verifyInterval,omitempty"`
+	// DeltaInterval is the most a change waits before the etcd-manager
+	// leader writes it to a delta segment (point-in-time recovery), a Go
+	// duration from "1s" to "1h", or "0s" for no deltas; unset:
+	// etcd-manager's default, 5s (docs/etcd-manager.md, "Deltas").
+	DeltaInterval string `yaml:"deltaInterval,omitempty" json:"deltaInterval,omitempty"`
 	// Retention says how long full backups and delta segments are kept
 	// (docs/etcd-manager.md, "Retention").
 	Retention RetentionSpec `yaml:"retention,omitempty" json:"retention,omitzero"`

@@ -286,6 +286,7 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 		if e.Backups.VerifyInterval != "" {
 			v.duration(p+".backups.verifyInterval", e.Backups.VerifyInterval, MinVerifyInterval)
 		}
+		v.deltaInterval(p+".backups.deltaInterval", e.Backups.DeltaInterval)
 		if e.Backups.Store != "" {
 			v.storeURL(p+".backups.store", e.Backups.Store)
 		}
@@ -304,6 +305,30 @@ func (v *validator) etcdClusters(path string, list []EtcdClusterSpec) portUse {
 // MinVerifyInterval is the shortest backups.verifyInterval: a test restore
 // reads and restores a whole backup.
 const MinVerifyInterval = time.Hour
+
+// The bounds of a backups.deltaInterval other than 0 (no deltas): below a
+// second every change is a store write of its own; above an hour the
+// point-in-time recovery is no better than the full backups.
+const (
+	MinDeltaInterval = time.Second
+	MaxDeltaInterval = time.Hour
+)
+
+// deltaInterval checks backups.deltaInterval: unset, 0 (deltas off), or a
+// duration within [MinDeltaInterval, MaxDeltaInterval].
+func (v *validator) deltaInterval(path, s string) {
+	if s == "" {
+		return
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		v.add(path, fmt.Sprintf("%q is not a Go duration (for example \"5s\", or \"0s\" for no deltas)", s))
+	case d == 0:
+	case d < MinDeltaInterval || d > MaxDeltaInterval:
+		v.add(path, fmt.Sprintf("%s is out of range (0s for no deltas, or %s to %s)", d, MinDeltaInterval, MaxDeltaInterval))
+	}
+}
 
 func (v *validator) duration(path, s string, atLeast time.Duration) {
 	d, err := time.ParseDuration(s)
