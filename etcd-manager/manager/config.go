@@ -195,6 +195,10 @@ func (c Config) Validate() error {
 	}
 	if c.PeerTimeout <= 0 {
 		errs = append(errs, errors.New("peerTimeout: must be positive"))
+	} else if 2*c.PeerTimeout > c.LeaseDuration {
+		// A holder acts for half a lease after a renewal began; a peer
+		// call begun then must end before another instance can take it.
+		errs = append(errs, fmt.Errorf("peerTimeout: %s must be at most half leaseDuration (%s)", c.PeerTimeout, c.LeaseDuration))
 	}
 	if c.CertValidity < time.Hour {
 		errs = append(errs, fmt.Errorf("certValidity: %s is shorter than 1h", c.CertValidity))

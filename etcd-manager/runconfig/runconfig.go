@@ -294,6 +294,16 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %s is not positive", d.flag, d.v))
 		}
 	}
+	// The lease's safety bound (docs/etcd-manager.md, "Leader election
+	// and failover"): a holder acts for half a lease after a renewal
+	// began, and a peer call begun then must end before anyone else can
+	// take the lease.
+	if c.Tick > 0 && c.LeaseDuration > 0 && c.LeaseDuration < 2*c.Tick {
+		errs = append(errs, fmt.Errorf("--lease-duration: %s must be at least twice --tick (%s)", c.LeaseDuration, c.Tick))
+	}
+	if c.PeerTimeout > 0 && c.LeaseDuration > 0 && 2*c.PeerTimeout > c.LeaseDuration {
+		errs = append(errs, fmt.Errorf("--peer-timeout: %s must be at most half --lease-duration (%s), or two leaders could act at once", c.PeerTimeout, c.LeaseDuration))
+	}
 	for _, d := range []struct {
 		flag string
 		v    time.Duration

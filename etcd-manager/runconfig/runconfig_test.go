@@ -2,6 +2,7 @@ package runconfig
 
 import (
 	"flag"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -71,6 +72,40 @@ func TestValidateNamesFlags(t *testing.T) {
 		"--store: required", `"dns" is not`, "--peers: required", "named twice", "--gossip-addr", "--aws-ec2-endpoint", "--aws-imds-endpoint", "--tick", "--delta-interval", "--backup-retention", "--metrics-addr", "--log-level"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+}
+
+// The lease's safety bound: the lease at least twice the tick, a peer call
+// at most half the lease.
+func TestValidateLeaseBounds(t *testing.T) {
+	for _, tc := range []struct {
+		tick, lease, peer time.Duration
+		want              string
+	}{
+		{2 * time.Second, 6 * time.Second, 2 * time.Second, ""},
+		{2 * time.Second, 6 * time.Second, 3 * time.Second, ""},
+		{2 * time.Second, 6 * time.Second, 4 * time.Second, "--peer-timeout: 4s must be at most half --lease-duration (6s)"},
+		{4 * time.Second, 6 * time.Second, time.Second, "--lease-duration: 6s must be at least twice --tick (4s)"},
+	} {
+		c := DefaultConfig()
+		c.ClusterName, c.EtcdCluster, c.DataDir, c.Store.URL = "c", "main", "/var/lib/etcd", "file:///s"
+		c.Tick, c.LeaseDuration, c.PeerTimeout = tc.tick, tc.lease, tc.peer
+		err := c.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s/%s/%s: %v", tc.tick, tc.lease, tc.peer, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s/%s/%s: %v, want %q", tc.tick, tc.lease, tc.peer, err, tc.want)
+		}
+		// The manager checks the same bound (its configuration here has
+		// no store or discovery, which it reports too).
+		m, err := c.Manager()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if merr := m.Validate(); strings.Contains(fmt.Sprint(merr), "peerTimeout") != strings.Contains(tc.want, "--peer-timeout") {
+			t.Errorf("%s/%s/%s: the manager's own check says %v", tc.tick, tc.lease, tc.peer, merr)
 		}
 	}
 }
