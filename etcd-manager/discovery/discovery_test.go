@@ -2,11 +2,13 @@ package discovery
 
 import (
 	"context"
+	"io"
 	"reflect"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/store/file"
 )
 
@@ -69,6 +71,93 @@ func TestStoreRegistryExpiry(t *testing.T) {
 	}
 	if err := (Peer{ID: "", ManagerAddr: "x"}).Validate(); err == nil {
 		t.Fatal("empty peer validated")
+	}
+}
+
+// countingStore counts the writes and reads that reach the store.
+type countingStore struct {
+	store.Store
+	mu          sync.Mutex
+	puts, opens int
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, cond store.Condition) (store.Info, error) {
+	c.mu.Lock()
+	c.puts++
+	c.mu.Unlock()
+	return c.Store.Put(ctx, key, r, cond)
+}
+
+func (c *countingStore) Open(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
+	c.mu.Lock()
+	c.opens++
+	c.mu.Unlock()
+	return c.Store.Open(ctx, key)
+}
+
+func (c *countingStore) counts() (puts, opens int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.puts, c.opens
+}
+
+// TestStoreRegistryRequests: on a tick of a twelfth of the TTL, an
+// instance writes its record every quarter of the TTL (and at once when
+// it changed), and reads another's only when it changed, while both stay
+// live throughout.
+func TestStoreRegistryRequests(t *testing.T) {
+	ctx := context.Background()
+	fs, err := file.New(t.TempDir(), file.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &countingStore{Store: fs}
+	clk := &clock{t: time.Unix(0, 0)}
+	const ttl = 12 * time.Second
+	a := NewStoreRegistry(st, "c/peers/", ttl, clk.now)
+	b := NewStoreRegistry(st, "c/peers/", ttl, clk.now)
+	pa := Peer{ID: "a", ManagerAddr: "127.0.0.2:3994"}
+	pb := Peer{ID: "b", ManagerAddr: "127.0.0.3:3994"}
+	const ticks = 48 // four TTLs
+	for i := range ticks {
+		if err := a.Register(ctx, pa); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Register(ctx, pb); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.Peers(ctx)
+		if err != nil || !reflect.DeepEqual(got, []Peer{pa, pb}) {
+			t.Fatalf("tick %d: Peers = %v, %v; want both live", i, got, err)
+		}
+		clk.add(ttl / 12)
+	}
+	puts, opens := st.counts()
+	// Each of the two writes at ticks 0, 3, 6, ...: 16 times in 48 ticks;
+	// a reads each record once per write.
+	if puts != 2*ticks/3 || opens != 2*ticks/3 {
+		t.Errorf("%d ticks: %d writes and %d reads, want %d and %d (one per quarter TTL each)", ticks, puts, opens, 2*ticks/3, 2*ticks/3)
+	}
+	// A changed record is written at once, and read at once.
+	pa2 := Peer{ID: "a", ManagerAddr: "127.0.0.9:3994"}
+	if err := a.Register(ctx, pa2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Peers(ctx); err != nil || !reflect.DeepEqual(got, []Peer{pa2, pb}) {
+		t.Fatalf("after a moved: Peers = %v, %v", got, err)
+	}
+	if p, _ := st.counts(); p != puts+1 {
+		t.Errorf("a changed record took %d writes, want 1", p-puts)
+	}
+	// b stops: after the TTL it is gone, although a keeps listing it.
+	for range 13 {
+		clk.add(ttl / 12)
+		if err := a.Register(ctx, pa2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := a.Peers(ctx); err != nil || !reflect.DeepEqual(got, []Peer{pa2}) {
+		t.Fatalf("after b stopped: Peers = %v, %v; want only a", got, err)
 	}
 }
 
