@@ -335,8 +335,13 @@ func TestDeltasStoreDown(t *testing.T) {
 
 	st.down.Store(true)
 	revs = writeMix(t, c, "/down", 300)
-	time.Sleep(time.Second)
-	p := f.Progress()
+	time.Sleep(time.Second) // the reader takes in what it will hold
+	var p backup.Progress
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if p = f.Progress(); (p.Unflushed > 0 && failures.Load() > 0) || time.Now().After(deadline) {
+			break
+		}
+	}
 	// 2 x 4 KiB pending of ~130-byte events plus the segment in flight.
 	if p.Unflushed == 0 || p.Unflushed > 200 || failures.Load() == 0 {
 		t.Fatalf("store down: %d events held (want 1..200), %d store failures", p.Unflushed, failures.Load())

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -126,13 +127,18 @@ func TestRestartAllAtOnce(t *testing.T) {
 // Queued commands run exactly once, on whichever instance leads.
 func TestKillLeader(t *testing.T) {
 	var mu sync.Mutex
-	ran := map[string][]string{} // command id -> instances that ran it
-	c := harness.New(t, harness.Options{IPPrefix: "127.44.5", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
+	ran := map[string][]string{} // command id -> instances that ran it ("!id": not leading then)
+	var c *harness.Cluster
+	c = harness.New(t, harness.Options{IPPrefix: "127.44.5", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		id := cfg.ID
 		cfg.Commands = map[string]manager.CommandFunc{"test": func(ctx context.Context, cmd control.Command) error {
+			who := id
+			if in := c.Instance(id); in == nil || !in.M.IsLeader() {
+				who = "!" + id
+			}
 			mu.Lock()
 			defer mu.Unlock()
-			ran[cmd.ID] = append(ran[cmd.ID], id)
+			ran[cmd.ID] = append(ran[cmd.ID], who)
 			return nil
 		}}
 	}})
@@ -183,8 +189,10 @@ func TestKillLeader(t *testing.T) {
 	c.Eventually(converge, "command 0002 ran once", func() error { return ranOnce("0002") })
 	mu.Lock()
 	defer mu.Unlock()
-	if ran["0002"][0] != next || ran["0001"][0] != old {
-		t.Fatalf("commands ran on %v, want 0001 on %s and 0002 on %s", ran, old, next)
+	// Each ran on the instance leading at the time (the lease may move
+	// while the cluster settles), 0002 not on the dead one.
+	if strings.HasPrefix(ran["0001"][0], "!") || strings.HasPrefix(ran["0002"][0], "!") || ran["0002"][0] == old {
+		t.Fatalf("commands ran on %v (\"!\": not leading), want each on the leader, 0002 not on the dead %s (%s leads)", ran, old, next)
 	}
 }
 
@@ -422,7 +430,9 @@ func TestCertificateRotation(t *testing.T) {
 		// quorum and takes writes throughout.
 		up := 0
 		for _, id := range ids {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			// A member being restarted refuses at once; the timeout only
+			// bounds a live one stalled on a loaded machine.
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 			if _, err := cl.Status(ctx, fmt.Sprintf("https://%s:%d", c.Instance(id).IP, harness.ClientPort)); err == nil {
 				up++
 			}

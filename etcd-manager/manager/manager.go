@@ -92,6 +92,11 @@ type Manager struct {
 	restores restoreRuntime
 	// retention is the leader's memory of its retention passes.
 	retention retentionState
+	// retentionPass is held for a whole retention pass, from its check
+	// that no restore is active to its last deletion; a restore is only
+	// started (its state created) while it is free, so a pass never
+	// deletes what a restore starting beside it is about to read.
+	retentionPass sync.Mutex
 	// quorum is the quorum-loss plan and recovery (quorumloss.go).
 	quorum quorumState
 	// verify is the leader's verify goroutine and its state (verify.go).

@@ -119,6 +119,13 @@ func (m *Manager) startRestore(ctx context.Context, c control.Command, term int6
 	if ok, t := m.lease.IsLeader(); !ok || t != term {
 		return errors.New("lost the leader lease before starting a restore")
 	}
+	// A retention pass that found no restore active may be deleting: the
+	// restore starts at a later tick, after the pass.
+	if !m.retentionPass.TryLock() {
+		m.logger.Info("restore waits for a retention pass to end", "id", c.ID)
+		return nil
+	}
+	defer m.retentionPass.Unlock()
 	now := m.now().UTC()
 	s := restore.State{FormatVersion: restore.FormatVersion, CommandID: c.ID, Kind: c.Kind, Phase: restore.PhaseValidating,
 		Owner: restore.Owner{LeaderID: m.ID(), LeaderTerm: term}, Started: now, Updated: now}

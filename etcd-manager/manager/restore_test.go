@@ -310,6 +310,9 @@ func TestRestoreLeaderKilled(t *testing.T) {
 		if err != nil || !ok || s.Phase == restore.PhaseValidating {
 			return fmt.Errorf("state %v %v", s.Phase, err)
 		}
+		if s.Phase.Terminal() {
+			t.Fatalf("the restore ended (%s) before its leader could be killed: %+v", s.Phase, s)
+		}
 		first = s
 		return nil
 	})

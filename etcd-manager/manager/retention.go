@@ -105,7 +105,10 @@ func (m *Manager) applyRetention(ctx context.Context, term int64) {
 	}
 	rm := m.met.retention
 	// A restore in progress reads its backup (and segments) while it
-	// runs: nothing is deleted until it ended.
+	// runs: nothing is deleted until it ended. The pass excludes a restore
+	// starting beside it (startRestore).
+	m.retentionPass.Lock()
+	defer m.retentionPass.Unlock()
 	actx, acancel := context.WithTimeout(ctx, m.cfg.LeaseDuration)
 	rs, active, err := restore.Active(actx, m.cfg.Store, m.layout)
 	acancel()

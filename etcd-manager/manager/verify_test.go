@@ -17,6 +17,7 @@ import (
 	"github.com/kopsnode/agents/etcd-manager/harness"
 	"github.com/kopsnode/agents/etcd-manager/manager"
 	"github.com/kopsnode/agents/pkg/store"
+	"github.com/kopsnode/agents/pkg/store/file"
 )
 
 // TestScheduledVerification: the leader verifies the newest backup by a
@@ -27,7 +28,7 @@ import (
 // backup stays the good one.
 func TestScheduledVerification(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	c := harness.New(t, harness.Options{IPPrefix: "127.44.96", Mutate: func(cfg *manager.Config) {
+	c := harness.New(t, harness.Options{IPPrefix: "127.44.99", Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
 		// No delta chain: its first segment needs a full backup, which the
 		// leader would take between the test's own, and the newest backup
@@ -45,12 +46,34 @@ func TestScheduledVerification(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	take := func() backup.Meta {
+	takeInto := func(st store.Store) backup.Meta {
 		t.Helper()
-		m, err := backup.Take(ctx, c.Client(in.ID), c.Store, c.Layout, backup.Options{Reason: "test", Spec: control.Spec{MemberCount: 1, EtcdVersion: "3.6.16"},
+		m, err := backup.Take(ctx, c.Client(in.ID), st, c.Layout, backup.Options{Reason: "test", Spec: control.Spec{MemberCount: 1, EtcdVersion: "3.6.16"},
 			Member: in.ID, SpoolDir: t.TempDir()})
 		if err != nil {
 			t.Fatal(err)
+		}
+		return m
+	}
+	take := func() backup.Meta { return takeInto(c.Store) }
+	// takeDamaged damages a backup off to the side and then publishes it,
+	// database first and meta last (a backup is listed by its meta): a
+	// scheduled run never sees it intact or half rewritten.
+	takeDamaged := func() backup.Meta {
+		t.Helper()
+		scratch, err := file.New(t.TempDir(), file.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := backuptest.DamageValue(t, scratch, c.Layout, takeInto(scratch))
+		for _, key := range []string{m.Object, backup.MetaKey(c.Layout, m.Name)} {
+			b, _, err := store.ReadAll(ctx, scratch, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Store.Put(ctx, key, bytes.NewReader(b), store.Condition{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		return m
 	}
@@ -105,7 +128,7 @@ func TestScheduledVerification(t *testing.T) {
 
 	c.Put("/registry/pods/after", "x") // a distinct revision for the second backup
 	time.Sleep(5 * time.Millisecond)   // a distinct name (millisecond resolution)
-	bad := backuptest.DamageValue(t, c.Store, c.Layout, take())
+	bad := takeDamaged()
 	c.Eventually(60*time.Second, "the damaged backup caught", func() error {
 		v := status()
 		if v.Last == nil || v.Last.Backup != bad.Name || v.Last.OK {

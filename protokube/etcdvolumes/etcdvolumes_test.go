@@ -628,8 +628,11 @@ func TestReplacementMachineAdoptsSlotAndVolume(t *testing.T) {
 	testtools.RequireRoot(t)
 	dev := loopDevice(t)
 	storeDir, cluster := t.TempDir(), testCluster(t)
+	// The lease outlasts the steps below (a sync of a loop device can
+	// stall for seconds on a loaded machine) before b's first pass.
+	const lease = 10 * time.Second
 	a := newMachine(t, dev, machineOpts{cluster: cluster, machine: "machine-a", members: 3, store: storeDir})
-	a.cfg.SlotLease = 2 * time.Second
+	a.cfg.SlotLease = lease
 	if st := a.reconciler(t).Pass(context.Background()); !st.Ready {
 		t.Fatalf("machine a: %+v", st)
 	}
@@ -646,7 +649,7 @@ func TestReplacementMachineAdoptsSlotAndVolume(t *testing.T) {
 	}
 
 	b := newMachine(t, dev, machineOpts{cluster: cluster, machine: "machine-b", members: 3, store: storeDir})
-	b.cfg.SlotLease = 2 * time.Second
+	b.cfg.SlotLease = lease
 	r := b.reconciler(t)
 	m := onlyMember(t, r.Pass(context.Background()))
 	if m.Ready || !strings.Contains(m.Error, "held by machine machine-a") {

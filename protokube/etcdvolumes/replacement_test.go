@@ -37,7 +37,9 @@ func TestReplacementMachineBringsMemberBack(t *testing.T) {
 	// starting a real etcd-manager.
 	machine := func(name, ip, dev string) (*harness, *Daemon) {
 		m := newMachine(t, dev, machineOpts{cluster: cluster, machine: name, members: 3, store: storeDir})
-		m.cfg.SlotLease = 3 * time.Second
+		// Long enough that the dead machine's lease cannot lapse while the
+		// test moves its disk and starts the replacement on a loaded box.
+		m.cfg.SlotLease = 15 * time.Second
 		m.cfg.Interval = 500 * time.Millisecond
 		m.cfg.MaxBackoff = 500 * time.Millisecond
 		m.mgr.onStart = func(string) error {
@@ -97,10 +99,18 @@ func TestReplacementMachineBringsMemberBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, r := machine("replacement-4", c.IP(4), devs[1])
-	time.Sleep(time.Second)
-	if m := onlyMember(t, r.Status()); m.Ready || d.mgr.Starts(d.unit) != 0 || !strings.Contains(m.Error, "held by machine machine-2") {
-		t.Fatalf("the replacement did not wait for the dead machine's lease: %+v", m)
-	}
+	// Its first passes find the slot still held by the dead machine, and
+	// nothing is started.
+	c.Eventually(10*time.Second, "the replacement waiting for the dead machine's lease", func() error {
+		m := onlyMember(t, r.Status())
+		if m.Ready || d.mgr.Starts(d.unit) != 0 {
+			t.Fatalf("the replacement did not wait for the dead machine's lease: %+v", m)
+		}
+		if !strings.Contains(m.Error, "held by machine machine-2") {
+			return fmt.Errorf("status %+v", m)
+		}
+		return nil
+	})
 	st := ready(r, "the replacement ready")
 	if st.Slot != "main-2" || st.Device != devs[1] {
 		t.Fatalf("replacement holds %+v, want slot main-2 on %s", st, devs[1])

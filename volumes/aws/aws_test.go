@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,36 @@ func newEnvOpts(t *testing.T, opts ec2local.Options) *env {
 	t.Cleanup(hs.Close)
 	e.ec2URL = hs.URL
 	return e
+}
+
+// pausableClock is the wall clock, except that it stands still between
+// pause and resume (and then goes on from where it stood).
+type pausableClock struct {
+	mu       sync.Mutex
+	pausedAt time.Time     // zero: running
+	behind   time.Duration // total time spent paused
+}
+
+func (c *pausableClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.pausedAt.IsZero() {
+		return c.pausedAt.Add(-c.behind)
+	}
+	return time.Now().Add(-c.behind)
+}
+
+func (c *pausableClock) pause() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pausedAt = time.Now()
+}
+
+func (c *pausableClock) resume() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.behind += time.Since(c.pausedAt)
+	c.pausedAt = time.Time{}
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -223,7 +254,8 @@ func TestRefusesVolumeOfRunningInstance(t *testing.T) {
 // replacement machine: List, Detach of a volume whose instance is not
 // running (a wait for EC2 to release it, not a DetachVolume call), Attach.
 func TestAdoptAfterOldInstanceTerminated(t *testing.T) {
-	e := newEnv(t, ec2local.NVMeNaming, 300*time.Millisecond)
+	clk := &pausableClock{}
+	e := newEnvOpts(t, ec2local.Options{Delay: 300 * time.Millisecond, Naming: ec2local.NVMeNaming, Now: clk.now})
 	ctx := ctxT(t)
 	p1, id1 := e.machine(t, zoneA)
 	sel := volumes.Selector{Cluster: "c1", EtcdCluster: "main", Slot: "main-1"}
@@ -236,10 +268,15 @@ func TestAdoptAfterOldInstanceTerminated(t *testing.T) {
 	}
 	// The replacement machine starts while the old one shuts down.
 	p2, id2 := e.machine(t, zoneA)
+	// EC2's clock stands still until the replacement has listed, so it
+	// sees the volume still held by the terminated instance however slow
+	// the call (the release takes the 300 ms Delay).
+	clk.pause()
 	if err := e.srv.SetInstanceState(id1, ec2local.InstanceTerminated); err != nil {
 		t.Fatal(err)
 	}
 	vols, err := p2.List(ctx, "c1", "main")
+	clk.resume()
 	if err != nil {
 		t.Fatal(err)
 	}
