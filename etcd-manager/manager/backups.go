@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"time"
 
 	"github.com/kopsnode/agents/etcd-manager/backup"
@@ -110,15 +109,15 @@ type backupRequest struct {
 	commandID string
 }
 
-// backupRunner is the backup goroutine of one leader term.
-type backupRunner struct {
-	term   int64
-	cancel context.CancelFunc
-	done   chan struct{}
-	reqs   chan backupRequest
+// backupChans are the channels of one leader term's backup goroutine.
+type backupChans struct {
+	reqs chan backupRequest
 	// retain asks the term's retention goroutine for a pass (retention.go).
 	retain chan struct{}
 }
+
+// backupRunner is the backup goroutine of one leader term.
+type backupRunner = termRun[backupChans]
 
 // backupSource is what the last reconcile knew about the cluster: the
 // healthy voters to snapshot from (this instance's first), the spec and
@@ -186,61 +185,55 @@ func (m *Manager) spoolDir() string { return filepath.Join(m.cfg.DataDir, "backu
 // stops the one of a term that ended. Only the loop goroutine (and Close,
 // after the loop ended) calls it.
 func (m *Manager) syncBackupRunner(isLeader bool, term int64) {
-	m.syncVerifyRunner(isLeader, term)
-	m.syncDeltaRunner(isLeader, term)
+	parent := m.termParent()
+	m.verify.task.sync(parent, isLeader, term, true, m.logger, "verify",
+		func() chan string { return make(chan string, 4) }, m.resetVerifyTerm, m.runVerify)
+	m.deltas.task.sync(parent, isLeader, term, m.cfg.Backups.DeltaInterval > 0, m.logger, "delta",
+		func() struct{} { return struct{}{} }, nil, m.runDeltas)
+	m.backupTask.sync(parent, isLeader, term, true, m.logger, "backup",
+		func() backupChans {
+			return backupChans{reqs: make(chan backupRequest, 16), retain: make(chan struct{}, 1)}
+		}, m.resetBackupTerm, m.runBackups)
+}
+
+// resetBackupTerm forgets what an earlier term knew, as a new term's
+// backup goroutine starts.
+func (m *Manager) resetBackupTerm() {
 	m.mu.Lock()
-	r := m.backupRunner
-	closing := m.closing
-	m.mu.Unlock()
-	var prev <-chan struct{}
-	if r != nil && (!isLeader || r.term != term) {
-		r.cancel()
-		prev = r.done
-		m.mu.Lock()
-		m.backupRunner = nil
-		m.mu.Unlock()
-		r = nil
-	}
-	if !isLeader || r != nil || closing || m.loopCtx == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(m.loopCtx)
-	r = &backupRunner{term: term, cancel: cancel, done: make(chan struct{}), reqs: make(chan backupRequest, 16), retain: make(chan struct{}, 1)}
-	m.mu.Lock()
-	m.backupRunner = r
+	defer m.mu.Unlock()
 	m.backups.attemptStart, m.backups.attemptEnd, m.backups.requested, m.backups.askedAt = time.Time{}, time.Time{}, false, time.Time{}
 	// What an earlier term knew about the cluster may be stale.
 	m.backupSrc = nil
-	m.mu.Unlock()
-	m.backupWG.Add(1)
-	go m.runBackups(ctx, r, prev)
 }
 
-// stopBackups cancels the backup goroutine and waits for every one
+// termParent is the context the leader term goroutines start under: nil
+// before the loop runs and once Close or Kill began (nothing new starts).
+func (m *Manager) termParent() context.Context {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return nil
+	}
+	return m.loopCtx
+}
+
+// stopBackups cancels the leader term goroutines and waits for every one
 // started: Close and Kill call it after the loop ended.
 func (m *Manager) stopBackups() {
-	m.stopVerify()
-	m.stopDeltas()
-	m.mu.Lock()
-	r := m.backupRunner
-	m.backupRunner = nil
-	m.mu.Unlock()
-	if r != nil {
-		r.cancel()
-	}
+	m.verify.task.stop()
+	m.deltas.task.stop()
+	m.backupTask.stop()
 	m.backupWG.Wait()
 }
 
 // requestBackup hands a request to the current term's backup goroutine.
 func (m *Manager) requestBackup(req backupRequest) error {
-	m.mu.Lock()
-	r := m.backupRunner
-	m.mu.Unlock()
+	r := m.backupTask.current()
 	if r == nil {
 		return errors.New("not the leader: no backup goroutine runs")
 	}
 	select {
-	case r.reqs <- req:
+	case r.ch.reqs <- req:
 		return nil
 	default:
 		return errors.New("too many backups queued")
@@ -292,22 +285,11 @@ func (m *Manager) setBackupSource(src *backupSource) {
 // at a time, until the term ends. A panic ends the goroutine with a log;
 // the next term starts a new one.
 func (m *Manager) runBackups(ctx context.Context, r *backupRunner, prev <-chan struct{}) {
-	defer m.backupWG.Done()
-	defer close(r.done)
-	defer func() {
-		if p := recover(); p != nil {
-			m.logger.Error("backup goroutine panicked", "panic", p, "stack", string(debug.Stack()))
-		}
-	}()
 	// The previous term's goroutine was cancelled; it ends first, so two
 	// backups never share the spool folder.
-	if prev != nil {
-		select {
-		case <-prev:
-		case <-ctx.Done():
-			m.failQueued(r)
-			return
-		}
+	if !waitPrev(ctx, prev) {
+		m.failQueued(r)
+		return
 	}
 	// A spool file left by a killed run is removed.
 	if err := os.RemoveAll(m.spoolDir()); err != nil {
@@ -341,7 +323,7 @@ func (m *Manager) runBackups(ctx context.Context, r *backupRunner, prev <-chan s
 		case <-ctx.Done():
 			m.failQueued(r)
 			return
-		case req := <-r.reqs:
+		case req := <-r.ch.reqs:
 			m.takeBackup(ctx, r.term, req)
 		case <-due:
 			m.mu.Lock()
@@ -385,7 +367,7 @@ func (m *Manager) loadLastGood(ctx context.Context) {
 func (m *Manager) failQueued(r *backupRunner) {
 	for {
 		select {
-		case req := <-r.reqs:
+		case req := <-r.ch.reqs:
 			if req.commandID != "" {
 				m.writeCommandResult(req.commandID, "", errors.New("the leader term ended before the backup ran; queue the command again"))
 			}
@@ -429,11 +411,9 @@ func (m *Manager) takeBackup(ctx context.Context, term int64, req backupRequest)
 	}
 	m.mu.Unlock()
 	if err == nil {
-		m.mu.Lock()
-		if r := m.backupRunner; r != nil && r.term == term {
-			r.nudgeRetention()
+		if r := m.backupTask.current(); r != nil && r.term == term {
+			nudgeRetention(r)
 		}
-		m.mu.Unlock()
 		m.met.backupDone(meta, end.Sub(start))
 		m.logger.Info("took a full backup", "backup", meta.Name, "reason", req.reason, "revision", meta.Revision, "keys", meta.KeyCount,
 			"dbBytes", meta.DBSize, "storedBytes", meta.StoredSize, "took", end.Sub(start).Round(time.Millisecond), "store", m.backupStore().URL())
@@ -489,7 +469,7 @@ func (m *Manager) backupStatusLocked() *BackupStatus {
 		Interval: m.cfg.Backups.Interval.String(), Store: m.backupStore().URL(),
 		LastAttempt: b.attemptStart, LastError: b.lastError, FailureReason: b.lastReason,
 	}
-	if m.backupRunner != nil {
+	if m.backupTask.current() != nil {
 		s.NextScheduled = b.nextScheduled
 	}
 	s.Retention = m.retentionStatusLocked()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -18,10 +17,9 @@ import (
 // the backup goroutine) and what it last did. It has its own lock: status
 // and metrics read it while the goroutine writes segments.
 type deltaKeeper struct {
-	wg sync.WaitGroup
+	task termTask[struct{}]
 
-	mu     sync.Mutex // guards the fields below
-	runner *deltaRunner
+	mu sync.Mutex // guards the fields below
 	// follower is the running follower (nil between runs).
 	follower *backup.Follower
 	// chainBase and chainLen are the current chain's full backup and its
@@ -37,11 +35,7 @@ type deltaKeeper struct {
 	last *backup.ChainPos
 }
 
-type deltaRunner struct {
-	term   int64
-	cancel context.CancelFunc
-	done   chan struct{}
-}
+type deltaRunner = termRun[struct{}]
 
 // DeltaStatus is the delta part of the status document (the leader's).
 type DeltaStatus struct {
@@ -65,47 +59,6 @@ type DeltaStatus struct {
 	LastFailure   time.Time `json:"lastFailure,omitzero"`
 }
 
-// syncDeltaRunner starts the delta goroutine of a new leader term and
-// stops the one of a term that ended.
-func (m *Manager) syncDeltaRunner(isLeader bool, term int64) {
-	k := &m.deltas
-	k.mu.Lock()
-	r := k.runner
-	var prev <-chan struct{}
-	if r != nil && (!isLeader || r.term != term) {
-		r.cancel()
-		prev = r.done
-		k.runner, r = nil, nil
-	}
-	k.mu.Unlock()
-	m.mu.Lock()
-	closing := m.closing
-	m.mu.Unlock()
-	if !isLeader || r != nil || closing || m.loopCtx == nil || m.cfg.Backups.DeltaInterval <= 0 {
-		return
-	}
-	ctx, cancel := context.WithCancel(m.loopCtx)
-	r = &deltaRunner{term: term, cancel: cancel, done: make(chan struct{})}
-	k.mu.Lock()
-	k.runner = r
-	k.mu.Unlock()
-	k.wg.Add(1)
-	go m.runDeltas(ctx, r, prev)
-}
-
-// stopDeltas cancels the delta goroutine and waits for every one started.
-func (m *Manager) stopDeltas() {
-	k := &m.deltas
-	k.mu.Lock()
-	r := k.runner
-	k.runner = nil
-	k.mu.Unlock()
-	if r != nil {
-		r.cancel()
-	}
-	k.wg.Wait()
-}
-
 // runDeltas is one leader term's delta goroutine: it finds where the chain
 // stands, follows etcd's watch from there writing segments, and starts
 // again from the store's state when the follower stops (etcd or the store
@@ -113,20 +66,9 @@ func (m *Manager) stopDeltas() {
 // compacted away it has a full backup taken and starts a new chain from
 // it. It never blocks the reconcile tick.
 func (m *Manager) runDeltas(ctx context.Context, r *deltaRunner, prev <-chan struct{}) {
-	defer m.deltas.wg.Done()
-	defer close(r.done)
-	defer func() {
-		if p := recover(); p != nil {
-			m.logger.Error("delta goroutine panicked", "panic", p, "stack", string(debug.Stack()))
-		}
-	}()
-	if prev != nil {
-		// The previous term's follower writes nothing more once it ends.
-		select {
-		case <-prev:
-		case <-ctx.Done():
-			return
-		}
+	// The previous term's follower writes nothing more once it ends.
+	if !waitPrev(ctx, prev) {
+		return
 	}
 	newChain := false
 	// wait grows while starts fail in a row (a store that is down, a
@@ -371,7 +313,7 @@ func (m *Manager) deltaStatus() *DeltaStatus {
 		s.DurableAsOf = p.DurableAsOf
 		s.RPOSeconds = time.Since(p.DurableAsOf).Seconds()
 	}
-	if k.runner == nil && k.follower == nil && k.last == nil && k.lastError == "" {
+	if k.task.current() == nil && k.follower == nil && k.last == nil && k.lastError == "" {
 		return nil
 	}
 	return s

@@ -46,8 +46,9 @@ type Manager struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
-	// loopCtx is the loop's context; each leader term's backup goroutine
-	// runs under a child of it. backupWG counts those goroutines.
+	// loopCtx is the loop's context; each leader term's goroutines run
+	// under a child of it. backupWG counts the retention and restore
+	// goroutines (the term tasks count their own).
 	loopCtx  context.Context
 	backupWG sync.WaitGroup
 
@@ -83,11 +84,11 @@ type Manager struct {
 	apiVerified bool
 	apiWritten  time.Time
 	apiErr      string
-	// backupRunner is the current leader term's backup goroutine (nil when
-	// not leading); backupSrc what it snapshots from; backups its memory.
-	backupRunner *backupRunner
-	backupSrc    *backupSource
-	backups      backupState
+	// backupTask is the current leader term's backup goroutine;
+	// backupSrc what it snapshots from; backups its memory.
+	backupTask termTask[backupChans]
+	backupSrc  *backupSource
+	backups    backupState
 	// restores is the restore runner and the member's restore record.
 	restores restoreRuntime
 	// retention is the leader's memory of its retention passes.

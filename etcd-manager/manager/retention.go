@@ -82,7 +82,7 @@ func (m *Manager) runRetention(ctx context.Context, r *backupRunner) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-r.retain:
+		case <-r.ch.retain:
 		case <-t.C:
 		}
 		m.applyRetention(ctx, r.term)
@@ -91,9 +91,9 @@ func (m *Manager) runRetention(ctx context.Context, r *backupRunner) {
 
 // nudgeRetention asks the term's retention goroutine for a pass (after a
 // good full backup); a pass already asked for is enough.
-func (r *backupRunner) nudgeRetention() {
+func nudgeRetention(r *backupRunner) {
 	select {
-	case r.retain <- struct{}{}:
+	case r.ch.retain <- struct{}{}:
 	default:
 	}
 }

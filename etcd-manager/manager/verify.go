@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -33,10 +32,9 @@ const verifyTimeout = 30 * time.Minute
 // verifyKeeper is the leader's verify goroutine and what it last did. It
 // has its own lock (taken after m.mu, never before it).
 type verifyKeeper struct {
-	wg sync.WaitGroup
+	task termTask[chan string]
 
-	mu     sync.Mutex // guards the fields below
-	runner *verifyRunner
+	mu sync.Mutex // guards the fields below
 	// running is the trigger of the verification in progress ("" none).
 	running      string
 	runningSince time.Time
@@ -50,12 +48,9 @@ type verifyKeeper struct {
 	nothing bool
 }
 
-type verifyRunner struct {
-	term   int64
-	cancel context.CancelFunc
-	done   chan struct{}
-	reqs   chan string
-}
+// verifyRunner is one leader term's verify goroutine; its channel takes
+// requests to verify now (the reason).
+type verifyRunner = termRun[chan string]
 
 // VerifyStatus is the verification part of the status document.
 type VerifyStatus struct {
@@ -88,64 +83,24 @@ func nextVerifyAt(lastRecorded, lastAttempt time.Time, interval time.Duration, n
 	return nextBackupAt(lastRecorded, lastAttempt, interval, now)
 }
 
-// syncVerifyRunner starts the verify goroutine of a new leader term and
-// stops the one of a term that ended (called with syncBackupRunner).
-func (m *Manager) syncVerifyRunner(isLeader bool, term int64) {
-	k := &m.verify
-	k.mu.Lock()
-	r := k.runner
-	k.mu.Unlock()
-	var prev <-chan struct{}
-	if r != nil && (!isLeader || r.term != term) {
-		r.cancel()
-		prev = r.done
-		k.mu.Lock()
-		k.runner = nil
-		k.mu.Unlock()
-		r = nil
-	}
-	m.mu.Lock()
-	closing := m.closing
-	m.mu.Unlock()
-	if !isLeader || r != nil || closing || m.loopCtx == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(m.loopCtx)
-	r = &verifyRunner{term: term, cancel: cancel, done: make(chan struct{}), reqs: make(chan string, 4)}
-	k.mu.Lock()
-	k.runner = r
-	k.lastAttempt = time.Time{}
-	k.mu.Unlock()
-	k.wg.Add(1)
-	go m.runVerify(ctx, r, prev)
-}
-
-// stopVerify cancels the verify goroutine and waits for it (Close, Kill).
-func (m *Manager) stopVerify() {
-	k := &m.verify
-	k.mu.Lock()
-	r := k.runner
-	k.runner = nil
-	k.mu.Unlock()
-	if r != nil {
-		r.cancel()
-	}
-	k.wg.Wait()
+// resetVerifyTerm forgets this instance's last attempt, as a new term's
+// verify goroutine starts.
+func (m *Manager) resetVerifyTerm() {
+	m.verify.mu.Lock()
+	m.verify.lastAttempt = time.Time{}
+	m.verify.mu.Unlock()
 }
 
 // requestVerify asks the current term's verify goroutine to verify the
 // newest backup now (after a restore: reason says which). It fails when
 // this instance is not the leader.
 func (m *Manager) requestVerify(reason string) error {
-	k := &m.verify
-	k.mu.Lock()
-	r := k.runner
-	k.mu.Unlock()
+	r := m.verify.task.current()
 	if r == nil {
 		return errors.New("not the leader: no verify goroutine runs")
 	}
 	select {
-	case r.reqs <- reason:
+	case r.ch <- reason:
 		return nil
 	default:
 		return errors.New("too many verifications queued")
@@ -157,19 +112,8 @@ func (m *Manager) verifyDir() string { return filepath.Join(m.cfg.DataDir, "veri
 // runVerify is one leader term's verify goroutine.
 func (m *Manager) runVerify(ctx context.Context, r *verifyRunner, prev <-chan struct{}) {
 	k := &m.verify
-	defer k.wg.Done()
-	defer close(r.done)
-	defer func() {
-		if p := recover(); p != nil {
-			m.logger.Error("verify goroutine panicked", "panic", p, "stack", string(debug.Stack()))
-		}
-	}()
-	if prev != nil {
-		select {
-		case <-prev:
-		case <-ctx.Done():
-			return
-		}
+	if !waitPrev(ctx, prev) {
+		return
 	}
 	// A throwaway etcd's directory left by a killed run is removed.
 	if err := os.RemoveAll(m.verifyDir()); err != nil {
@@ -201,7 +145,7 @@ func (m *Manager) runVerify(ctx context.Context, r *verifyRunner, prev <-chan st
 		select {
 		case <-ctx.Done():
 			return
-		case reason := <-r.reqs:
+		case reason := <-r.ch:
 			m.verifyOnce(ctx, r.term, reason)
 		case <-due:
 			m.mu.Lock()
@@ -345,7 +289,7 @@ func (m *Manager) verifyStatus() *VerifyStatus {
 	defer k.mu.Unlock()
 	s := &VerifyStatus{Interval: m.cfg.Backups.VerifyInterval.String(), Running: k.running, RunningSince: k.runningSince,
 		Last: k.last, NothingToVerify: k.nothing}
-	if k.runner != nil {
+	if k.task.current() != nil {
 		s.NextScheduled = k.nextScheduled
 	}
 	if g := k.lastGood; g != nil {
