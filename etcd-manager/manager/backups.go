@@ -341,10 +341,16 @@ func (m *Manager) runBackups(ctx context.Context, r *backupRunner, prev <-chan s
 	}
 }
 
+// backupAreaTimeout bounds one listing of the backup area, which reads
+// the meta of every full backup or delta segment: hundreds to thousands of
+// objects after months of retention. It runs in a leader term's
+// goroutines, never in the tick, so it does not hold up the lease.
+const backupAreaTimeout = time.Minute
+
 // loadLastGood reads the newest complete backup from the store, so a new
 // leader neither backs up at once after a failover nor reports no backup.
 func (m *Manager) loadLastGood(ctx context.Context) {
-	lctx, cancel := context.WithTimeout(ctx, m.cfg.LeaseDuration)
+	lctx, cancel := context.WithTimeout(ctx, backupAreaTimeout)
 	defer cancel()
 	ls, err := backup.List(lctx, m.backupStore(), m.layout)
 	if err != nil {

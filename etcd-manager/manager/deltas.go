@@ -201,7 +201,7 @@ func orNone(s string) string {
 // may already be compacted).
 func (m *Manager) chainStart(ctx context.Context, c *clientv3.Client, src *backupSource, newChain bool) (backup.ChainPos, int64, error) {
 	st := m.backupStore()
-	lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
+	lctx, cancel := context.WithTimeout(ctx, backupAreaTimeout)
 	defer cancel()
 	if !newChain {
 		s, n, ok, err := backup.LatestSegment(lctx, st, m.layout, src.token)
@@ -265,7 +265,7 @@ func (m *Manager) fullBackupForChain(ctx context.Context, token string) (backup.
 		}
 		// The chain starts from a backup that List accepts (the one a
 		// restore will find), taken since the request.
-		lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
+		lctx, cancel := context.WithTimeout(ctx, backupAreaTimeout)
 		fulls, err := backup.List(lctx, m.backupStore(), m.layout)
 		cancel()
 		if err != nil {

@@ -122,7 +122,7 @@ func (m *Manager) applyRetention(ctx context.Context, term int64) {
 	}
 	rm.runs.Inc()
 	st := m.backupStore()
-	lctx, cancel := context.WithTimeout(ctx, 2*m.cfg.LeaseDuration)
+	lctx, cancel := context.WithTimeout(ctx, backupAreaTimeout)
 	inv, invalid, err := backup.ReadInventory(lctx, st, m.layout)
 	var segs backup.SegmentListing
 	if err == nil {

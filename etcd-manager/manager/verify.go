@@ -174,7 +174,7 @@ func (m *Manager) runVerify(ctx context.Context, r *verifyRunner, prev <-chan st
 // store, so a new leader neither verifies at once after a failover nor
 // reports none.
 func (m *Manager) loadLastVerification(ctx context.Context) {
-	lctx, cancel := context.WithTimeout(ctx, m.cfg.LeaseDuration)
+	lctx, cancel := context.WithTimeout(ctx, backupAreaTimeout)
 	defer cancel()
 	vs, err := backup.Verifications(lctx, m.backupStore(), m.layout)
 	if err != nil {
