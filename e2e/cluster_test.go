@@ -243,16 +243,34 @@ func (c *clusterFixture) checkWorkload(cp, worker *clusterMachine) {
 	if err != nil {
 		t.Fatalf("service IP: %v", err)
 	}
+	// Names need cluster DNS: CoreDNS's pods ready, and the worker's
+	// kube-proxy routing its Service to them. The test workload may be
+	// ready before that (CI once asked 5 s too early), so the DNS checks
+	// wait for CoreDNS's rollout and then give the Service's routing up to
+	// a minute.
+	if out, err := c.kubectl(cp, 5*time.Minute, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=4m"); err != nil {
+		desc, _ := c.kubectl(cp, time.Minute, "-n", "kube-system", "describe", "pods", "-l", "k8s-app=kube-dns")
+		t.Fatalf("CoreDNS did not become ready: %v\n%s\n%s", err, out, desc)
+	}
+	retry := func(what string, f func() (string, error)) (out string, err error) {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Second) {
+			if out, err = f(); err == nil || time.Now().After(deadline) {
+				return out, err
+			}
+			t.Logf("%s: %v (retrying)", what, err)
+		}
+	}
 	// Pod to Service by IP (kube-proxy) and by name (cluster DNS).
 	for _, target := range []string{svcIP, "testapp.default.svc.cluster.local"} {
-		out, err := exec("get", "http://"+target+":8080/")
+		out, err := retry("pod to service "+target, func() (string, error) { return exec("get", "http://"+target+":8080/") })
 		if err != nil || (strings.TrimSpace(out) != local.Name && strings.TrimSpace(out) != remote.Name) {
 			t.Errorf("pod to service %s: %q, %v", target, out, err)
 		} else {
 			t.Logf("pod to service %s:8080 answered by %s", target, strings.TrimSpace(out))
 		}
 	}
-	if out, err := exec("lookup", "testapp.default.svc.cluster.local"); err != nil || !strings.Contains(out, svcIP) {
+	out, err := retry("DNS lookup", func() (string, error) { return exec("lookup", "testapp.default.svc.cluster.local") })
+	if err != nil || !strings.Contains(out, svcIP) {
 		t.Errorf("DNS lookup of the service from a pod: %q, %v; want %s", out, err, svcIP)
 	} else {
 		t.Logf("DNS lookup of testapp.default.svc.cluster.local from a pod: %s", strings.TrimSpace(out))
