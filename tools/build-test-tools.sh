@@ -329,6 +329,15 @@ all)
 		build_kubernetes
 	) &
 	BG+=($!)
+	# As root with debootstrap (CI), the booted machines' Debian trees too:
+	# downloads and unpacking, beside the compiles. Elsewhere the tests
+	# build them on first use.
+	trees=""
+	if [[ $EUID -eq 0 ]] && command -v debootstrap >/dev/null; then
+		(cd "$REPO" && go run ./tools/basetrees) &
+		trees=$!
+		BG+=("$trees")
+	fi
 	go_install github.com/minio/minio "$MINIO_VERSION" minio
 	go_install github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION" fake-gcs-server
 	go_install github.com/coredns/coredns "$COREDNS_VERSION" coredns
@@ -342,6 +351,9 @@ all)
 	if ! wait "${BG[0]}"; then
 		log "kubernetes v$KUBERNETES_VERSION: the build failed (its output is above)"
 		exit 1
+	fi
+	if [[ -n "$trees" ]] && ! wait "$trees"; then
+		log "booted-machine trees: not built (see above); the e2e tests build them on first use"
 	fi
 	BG=()
 	build_images

@@ -111,6 +111,22 @@ func flavorTree(t testing.TB, f treeFlavor) string {
 	return dir
 }
 
+// BuildTrees builds the base and node trees into the tools cache unless
+// they are there (what BaseTree and NodeTree do on first use), so that a
+// cold CI run can build them beside its compiles (tools/basetrees). Needs
+// root and debootstrap.
+func BuildTrees(ctx context.Context, logf func(string, ...any)) error {
+	for _, f := range []treeFlavor{baseFlavor, nodeFlavor} {
+		build := func(ctx context.Context, dir string, logf func(string, ...any)) error {
+			return buildTree(ctx, dir, f, logf)
+		}
+		if _, err := ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), treeKey(f.packages), build, logf); err != nil {
+			return fmt.Errorf("tree of %d packages: %w", len(f.packages), err)
+		}
+	}
+	return nil
+}
+
 // baseKey names the base tree by what goes into it.
 func baseKey() string { return treeKey(basePackages) }
 
