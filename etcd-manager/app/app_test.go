@@ -96,7 +96,7 @@ func TestRunAndStatus(t *testing.T) {
 			"--etcd-bin-dir-root", testtools.EtcdVersionsDir(), "--address", "127.44.14.2",
 			"--peer-port", "12380", "--client-port", "14001", "--manager-port", "13994",
 			"--store", storeURL, "--discovery", "static", "--peers", "a=127.44.14.2:13994",
-			"--tick", "500ms", "--lease-duration", "2s", "--metrics-addr", metrics, "--etcd-log-level", "warn",
+			"--tick", "500ms", "--lease-duration", "2s", "--peer-timeout", "1s", "--metrics-addr", metrics, "--etcd-log-level", "warn",
 			"--hosts-file", filepath.Join(dir, "hosts"),
 			"--apiserver-client-cert-dir", apiDir,
 			"--seed-members", "1", "--seed-etcd-version", version,
