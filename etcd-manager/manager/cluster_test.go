@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -428,16 +429,23 @@ func TestCertificateRotation(t *testing.T) {
 		}
 		// Never more than one member down at a time: the cluster keeps
 		// quorum and takes writes throughout.
-		up := 0
+		// All members are asked at the same moment (one after the other,
+		// a slow answer would stretch the look over two restarts); the
+		// timeout only bounds a live member stalled on a loaded machine.
+		var upN atomic.Int32
+		var wg sync.WaitGroup
 		for _, id := range ids {
-			// A member being restarted refuses at once; the timeout only
-			// bounds a live one stalled on a loaded machine.
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-			if _, err := cl.Status(ctx, fmt.Sprintf("https://%s:%d", c.Instance(id).IP, harness.ClientPort)); err == nil {
-				up++
-			}
-			cancel()
+			ep := fmt.Sprintf("https://%s:%d", c.Instance(id).IP, harness.ClientPort)
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+				defer cancel()
+				if _, err := cl.Status(ctx, ep); err == nil {
+					upN.Add(1)
+				}
+			})
 		}
+		wg.Wait()
+		up := int(upN.Load())
 		if up < 2 {
 			t.Fatalf("only %d of 3 members answer during rotation", up)
 		}
