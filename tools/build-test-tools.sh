@@ -36,6 +36,12 @@ ETCD_VERSIONS="${ETCD_VERSIONS:-3.5.21 3.6.16 3.7.3}"
 KUBERNETES_VERSION="1.37.2"
 CONTAINERD_VERSION="2.4.2"
 RUNC_VERSION="1.4.4"
+
+# The flags of every go build below: no VCS stamp (the sources are module
+# zips and temporary directories) and no DWARF in the compiled objects.
+# Nothing debugs these binaries, and leaving DWARF out is about 6% of the
+# CPU time of a cold compile (fake-gcs-server: 237 s against 223 s).
+BUILD_GOFLAGS="-buildvcs=false -gcflags=all=-dwarf=false"
 CNI_PLUGINS_VERSION="1.10.0"
 PAUSE_IMAGE="registry.k8s.io/pause:3.10.1"
 COREDNS_IMAGE="registry.k8s.io/coredns/coredns:v1.15.0"
@@ -104,7 +110,7 @@ go_install() {
 	local tmp start=$SECONDS
 	new_tmp "$name"
 	tmp="$NEW_TMP"
-	GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install "$pkg@$ver"
+	GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="$BUILD_GOFLAGS" go install -trimpath -ldflags "-s -w" "$pkg@$ver"
 	mv -f "$tmp/$name" "$TOOLS_DIR/bin/$name"
 	echo "$pkg@$ver" >"$stamp"
 	log "$name $ver: built in $((SECONDS - start))s"
@@ -141,7 +147,7 @@ GO
 		go mod init etcdbuild >/dev/null 2>&1
 		GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@v$ver" >/dev/null 2>&1
 		GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1
-		CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -o "$out/etcd" .
+		CGO_ENABLED=0 GOFLAGS="$BUILD_GOFLAGS" go build -trimpath -ldflags "-s -w" -o "$out/etcd" .
 	)
 	place "$out" "$dir" "$ver"
 	log "$(first_line "$("$dir/etcd" --version)") (built in $((SECONDS - start))s)"
@@ -171,7 +177,7 @@ build_etcdutl() {
 		cd "$src"
 		go mod init etcdutlbuild >/dev/null 2>&1
 		GOFLAGS=-mod=mod go get -tool "go.etcd.io/etcd/etcdutl/v3@v$ver" >/dev/null 2>&1
-		CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" go build -o "$out/etcdutl" go.etcd.io/etcd/etcdutl/v3
+		CGO_ENABLED=0 GOFLAGS="-mod=mod $BUILD_GOFLAGS" go build -trimpath -ldflags "-s -w" -o "$out/etcdutl" go.etcd.io/etcd/etcdutl/v3
 	)
 	mkdir -p "$dir"
 	chmod 755 "$out/etcdutl"
@@ -210,7 +216,7 @@ build_kubernetes() {
 	(
 		cd "$src"
 		GOFLAGS=-mod=mod go mod tidy
-		CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
+		CGO_ENABLED=0 GOFLAGS="-mod=mod $BUILD_GOFLAGS" go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
 	)
 	place "$out" "$dir" "v$ver"
 	log "kubernetes: $(first_line "$("$dir/kube-apiserver" --version)") (built in $((SECONDS - start))s)"
@@ -232,7 +238,7 @@ build_containerd() {
 	new_tmp containerd
 	out="$NEW_TMP"
 	for b in "${CONTAINERD_BINARIES[@]}"; do pkgs+=("github.com/containerd/containerd/v2/cmd/$b@v$ver"); done
-	GOBIN="$out/bin" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install -trimpath -tags no_btrfs \
+	GOBIN="$out/bin" CGO_ENABLED=0 GOFLAGS="$BUILD_GOFLAGS" go install -trimpath -tags no_btrfs \
 		-ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=v$ver" "${pkgs[@]}"
 	place "$out" "$dir" "v$ver"
 	log "containerd: $(first_line "$("$dir/bin/containerd" --version)") (built in $((SECONDS - start))s)"
@@ -255,7 +261,7 @@ build_runc() {
 	local out start=$SECONDS
 	new_tmp runc
 	out="$NEW_TMP"
-	GOBIN="$out" CGO_ENABLED=1 GOFLAGS=-buildvcs=false go install -trimpath \
+	GOBIN="$out" CGO_ENABLED=1 GOFLAGS="$BUILD_GOFLAGS" go install -trimpath \
 		-tags "seccomp urfave_cli_no_docs netgo osusergo" \
 		-ldflags "-s -w -X main.version=$ver -extldflags -static" \
 		"github.com/opencontainers/runc@v$ver"
@@ -278,7 +284,7 @@ build_cni() {
 	new_tmp cni
 	out="$NEW_TMP"
 	for p in "${CNI_PLUGINS[@]}"; do pkgs+=("github.com/containernetworking/plugins/plugins/$p@v$ver"); done
-	GOBIN="$out" CGO_ENABLED=0 GOFLAGS=-buildvcs=false go install -trimpath \
+	GOBIN="$out" CGO_ENABLED=0 GOFLAGS="$BUILD_GOFLAGS" go install -trimpath \
 		-ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=v$ver" "${pkgs[@]}"
 	place "$out" "$dir" "v$ver"
 	log "cni plugins v$ver: built in $((SECONDS - start))s"
@@ -292,7 +298,7 @@ build_images() {
 	local dir="$TOOLS_DIR/images" out start=$SECONDS
 	new_tmp images
 	out="$NEW_TMP"
-	(cd "$REPO" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$out/" \
+	(cd "$REPO" && CGO_ENABLED=0 GOFLAGS="$BUILD_GOFLAGS" go build -trimpath -ldflags "-s -w" -o "$out/" \
 		./tools/ociimage ./tools/images/pause ./tools/images/testapp)
 	local sums
 	sums="$(sha256sum "$out/ociimage" "$out/pause" "$out/testapp" "$TOOLS_DIR/bin/coredns")"

@@ -162,6 +162,7 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) (float64, b
 // from another CA is refused by etcd; status and the expiry metric show the
 // certificate.
 func TestAPIServerClientCert(t *testing.T) {
+	t.Parallel()
 	apiDir := filepath.Join(t.TempDir(), "kube-apiserver", "etcd-main")
 	reg := prometheus.NewRegistry()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.21", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
@@ -322,6 +323,7 @@ func foreignClientTLS(t *testing.T, roots *x509.CertPool) *tls.Config {
 // throughout, and a client built from the new files works; the key stays
 // mode 0600 and no temp file is left.
 func TestAPIServerClientCertRotation(t *testing.T) {
+	t.Parallel()
 	apiRoot := t.TempDir()
 	var mu sync.Mutex
 	regs := map[string]*prometheus.Registry{}
@@ -407,6 +409,7 @@ func TestAPIServerClientCertRotation(t *testing.T) {
 // partial key appears. Once the directory is writable (unmounted), the
 // files are written on a later tick and work.
 func TestAPIServerClientCertDirUnwritable(t *testing.T) {
+	t.Parallel()
 	testtools.RequireRoot(t)
 	src, dst := t.TempDir(), t.TempDir()
 	oldKey := filepath.Join(src, manager.APIServerClientKeyFile)
@@ -478,6 +481,7 @@ func TestAPIServerClientCertDirUnwritable(t *testing.T) {
 // TestAPIServerClientCertDirRelativeRefused: a relative directory is a
 // config error naming the field.
 func TestAPIServerClientCertDirRelativeRefused(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.24")
 	cfg := c.Config("m1", c.IP(1))
 	cfg.APIServerClientCertDir = "pki/etcd-main"

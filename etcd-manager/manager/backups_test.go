@@ -241,6 +241,7 @@ func TestScheduledBackups(t *testing.T) {
 // takes a backup before it adds a member, and none otherwise; the backups
 // go to a gs:// backup store (fake-gcs-server).
 func TestBackupBeforeMembershipChange(t *testing.T) {
+	t.Parallel()
 	gcsrv := testtools.StartFakeGCS(t)
 	gcsrv.CreateBucket(t, "backups")
 	bst, err := gcs.New(context.Background(), gcs.Options{Bucket: "backups", Prefix: "etcd", Endpoint: gcsrv.Endpoint})
@@ -294,6 +295,7 @@ func TestBackupBeforeMembershipChange(t *testing.T) {
 // dies, the new leader's term takes over the schedule and nothing is
 // written under the dead leader's term afterwards.
 func TestBackupsFollowTheLeader(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.65", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = time.Second
 	}})

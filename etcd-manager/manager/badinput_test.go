@@ -18,6 +18,7 @@ import (
 // TestUnknownVersionRefused: a spec naming an etcd version that is not
 // installed creates nothing and reports the version and the directory.
 func TestUnknownVersionRefused(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.10")
 	c.SetSpec(1, "3.5.99")
 	in := c.Start(1)
@@ -40,6 +41,7 @@ func TestUnknownVersionRefused(t *testing.T) {
 // TestCorruptStateFileRefused: an instance whose state file is corrupt does
 // not start, says which file, and changes nothing on disk.
 func TestCorruptStateFileRefused(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.11")
 	cfg := c.Config("m1", c.IP(1))
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "etcd", "member"), 0o700); err != nil {
@@ -68,6 +70,7 @@ func TestCorruptStateFileRefused(t *testing.T) {
 // TestBadSpecLeavesEtcdRunning: an impossible member count written into the
 // store is reported; etcd keeps running and serving, nothing is removed.
 func TestBadSpecLeavesEtcdRunning(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.12")
 	c.SetSpec(1, version)
 	in := c.Start(1)

@@ -39,6 +39,7 @@ func startN(c *harness.Cluster, n int) []string {
 }
 
 func TestSingleMember(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.1")
 	c.SetSpec(1, version)
 	c.Start(1)
@@ -62,6 +63,7 @@ func TestSingleMember(t *testing.T) {
 }
 
 func TestThreeMembers(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.2")
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -79,6 +81,7 @@ func TestThreeMembers(t *testing.T) {
 // two idle peers one at a time, as learners first.
 // It runs on every supported etcd version (learners need etcd 3.4 or later).
 func TestGrowOneToThree(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ version, ipPrefix string }{
 		{"3.5.21", "127.44.16"},
 		{"3.6.16", "127.44.3"},
@@ -107,6 +110,7 @@ func TestGrowOneToThree(t *testing.T) {
 // TestRestartAllAtOnce: every instance stops, then all start again; the
 // data persists and no second cluster is created.
 func TestRestartAllAtOnce(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.4")
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -127,6 +131,7 @@ func TestRestartAllAtOnce(t *testing.T) {
 //
 // Queued commands run exactly once, on whichever instance leads.
 func TestKillLeader(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	ran := map[string][]string{} // command id -> instances that ran it ("!id": not leading then)
 	var c *harness.Cluster
@@ -201,6 +206,7 @@ func TestKillLeader(t *testing.T) {
 // machine with an empty disk comes back under the same identity and rejoins
 // without an operator.
 func TestReplaceMachine(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.6")
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -243,6 +249,7 @@ func memberID(t *testing.T, c *harness.Cluster, name string) uint64 {
 // new machine with another identity appears; once the dead member has been
 // unhealthy past the threshold it is removed and the new peer added.
 func TestDeadMemberReplacedByNewPeer(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.13")
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -288,6 +295,7 @@ func TestDeadMemberReplacedByNewPeer(t *testing.T) {
 // TestGrowThreeToFiveShrinkToThree: 3 -> 5 when the spec says 5, then back
 // to 3; removed members leave with their data moved aside and stay idle.
 func TestGrowThreeToFiveShrinkToThree(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.7")
 	c.SetSpec(3, version)
 	ids := startN(c, 5)
@@ -340,6 +348,7 @@ func TestGrowThreeToFiveShrinkToThree(t *testing.T) {
 // serves writes, no second cluster appears, and after healing the member
 // catches up with what was written meanwhile.
 func TestPartitionOneMember(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.9")
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -404,6 +413,7 @@ func TestPartitionOneMember(t *testing.T) {
 // an hour and are renewed when less than 1h-8s is left, so every member
 // needs rotation 8 seconds after its certificates were issued.
 func TestCertificateRotation(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.15", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		cfg.CertValidity = time.Hour
 		cfg.RenewBefore = time.Hour - 8*time.Second
@@ -491,6 +501,7 @@ func peerCertSerial(t *testing.T, dataDir string) string {
 // lowest ID (it would be the leader candidate). Its peers refuse it in the
 // TLS handshake: it never counts as a peer and never becomes a member.
 func TestForeignCAPeerRefused(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.18")
 	c.SetSpec(3, version)
 	other, err := file.New(t.TempDir(), file.Options{})

@@ -149,6 +149,7 @@ func lastDurable(c *harness.Cluster, id string) (manager.DeltaStatus, error) {
 // the deltas a restore to the latest would replay. Status and metrics
 // show the last durable revision, the RPO and the chain length.
 func TestDeltasAcrossLeaderKill(t *testing.T) {
+	t.Parallel()
 	bst := newDownStore(t)
 	c, regs := deltaCluster(t, "127.91.10", bst)
 	c.SetSpec(3, version)
@@ -303,6 +304,7 @@ func TestDeltasAcrossLeaderKill(t *testing.T) {
 // it: two chains, no defect, two recoverable ranges, and the compaction
 // counted.
 func TestDeltasCompactedNewChain(t *testing.T) {
+	t.Parallel()
 	bst := newDownStore(t)
 	c, regs := deltaCluster(t, "127.91.11", bst)
 	c.SetSpec(1, version)

@@ -19,6 +19,7 @@ import (
 // for a loaded machine; the 10 s target itself is a figure of
 // BenchmarkFailover, not a timed assertion. Needs root (iptables).
 func TestFailoverWithDefaults(t *testing.T) {
+	t.Parallel()
 	d := manager.DefaultConfig("test.k8s.local", "main")
 	target := 3 * d.LeaseDuration
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.110", Versions: []string{version},

@@ -9,6 +9,14 @@ import (
 	"time"
 )
 
+// The tests that run clusters call t.Parallel: each cluster has its own
+// loopback prefix (127.44.N, unique across the module's tests), stores and
+// directories, and spends most of its time waiting on etcd and the
+// manager's ticks, so running them side by side (go test's -parallel,
+// GOMAXPROCS by default) halves the package's wall time without changing
+// what each one asserts. A test that sets the environment (t.Setenv) stays
+// sequential.
+//
 // TestMain fails the package when goroutines started by the tests are
 // still running a while after the last test: every manager, server, loop
 // and etcd watcher must be stopped by Close.

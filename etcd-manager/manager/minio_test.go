@@ -15,6 +15,7 @@ import (
 // TestThreeMembersOnMinIO runs the three-member scenario against a real
 // S3 server (MinIO): conditional writes there fence creation and the lease.
 func TestThreeMembersOnMinIO(t *testing.T) {
+	t.Parallel()
 	m := testtools.StartMinIO(t, testtools.MinIOOptions{})
 	m.CreateBucket(t, "state", false)
 	st, err := s3.New(context.Background(), s3.Options{

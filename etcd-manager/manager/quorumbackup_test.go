@@ -27,6 +27,7 @@ import (
 // --yes queues a restore that brings back three healthy members holding
 // the first key and not the second, the survivor's old data kept aside.
 func TestRecoverQuorumFromBackup(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.230", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		// The only full backup is the one backup-now takes: no schedule,
 		// and no delta chain (whose start takes a full backup of its own,

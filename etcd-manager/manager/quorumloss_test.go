@@ -25,6 +25,7 @@ import (
 // when the two machines are replaced (empty disks), they join as learners
 // and the cluster has three members again.
 func TestRecoverQuorumFromSurvivor(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.152", Versions: []string{version}})
 	c.SetSpec(3, version)
 	ids := startN(c, 3)
@@ -121,6 +122,7 @@ func TestRecoverQuorumFromSurvivor(t *testing.T) {
 // minority side of a partition) is refused by the leader with a result
 // saying so; nothing changes.
 func TestRecoverQuorumRefusedWithQuorum(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.153", Versions: []string{version}})
 	c.SetSpec(3, version)
 	ids := startN(c, 3)

@@ -86,6 +86,7 @@ func mustGet(t *testing.T, cl *clientv3.Client, key string) *clientv3.GetRespons
 // old data directory is kept aside, the cluster runs under a new token
 // that the created marker names, and the restore ran once.
 func TestRestoreBackup(t *testing.T) {
+	t.Parallel()
 	for i, v := range []string{"3.5.21", "3.7.3"} {
 		t.Run(v, func(t *testing.T) {
 			c, ids := restoreCluster(t, fmt.Sprintf("127.44.%d", 90+i), v)
@@ -195,6 +196,7 @@ func TestRestoreBackup(t *testing.T) {
 // leader before anything is stopped: the result names the object, every
 // etcd keeps its process and serves the old data.
 func TestRestoreRefusesBadBackups(t *testing.T) {
+	t.Parallel()
 	c, ids := restoreCluster(t, "127.44.94", version)
 	c.Put("/k", "old")
 	good := backupNow(t, c)
@@ -291,6 +293,7 @@ func TestRestoreRefusesBadBackups(t *testing.T) {
 // and completes it once the killed machine is back, and it ran once (one
 // state, one claim, its history names both terms).
 func TestRestoreLeaderKilled(t *testing.T) {
+	t.Parallel()
 	c, ids := restoreCluster(t, "127.44.95", version)
 	c.Put("/before", "1")
 	name := backupNow(t, c)
@@ -386,6 +389,7 @@ func TestRestoreLeaderKilled(t *testing.T) {
 // replayed while the cluster is quarantined. What was written up to the
 // revision is there, what came after is not.
 func TestRestoreToRevision(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.96", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
 		cfg.Backups.DeltaInterval = 500 * time.Millisecond
@@ -465,6 +469,7 @@ func TestRestoreToRevision(t *testing.T) {
 // cluster serves what it held before, nothing is left aside, and the
 // command's result names the member and the path.
 func TestRestoreRollsBack(t *testing.T) {
+	t.Parallel()
 	regs := map[string]*prometheus.Registry{}
 	c, ids := restoreClusterWith(t, "127.44.98", version, func(cfg *manager.Config) {
 		regs[cfg.ID] = prometheus.NewRegistry()

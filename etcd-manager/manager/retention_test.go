@@ -55,6 +55,7 @@ func putOldBackup(t *testing.T, st store.Store, l control.Layout, at time.Time) 
 // counted and etcd keeps serving; with the store back, retention runs
 // again.
 func TestScheduledRetention(t *testing.T) {
+	t.Parallel()
 	mio := testtools.StartMinIO(t, testtools.MinIOOptions{Versioning: true})
 	mio.CreateBucket(t, "backups", true)
 	bst, err := s3.New(context.Background(), s3.Options{Bucket: "backups", Prefix: "etcd", Endpoint: mio.Endpoint, Region: mio.Region,

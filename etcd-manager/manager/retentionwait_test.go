@@ -22,6 +22,7 @@ import (
 // restore ended (while the leader logs that retention waits), and goes at
 // a pass after it; the point-in-time base of 3 hours ago stays.
 func TestRetentionWaitsForRestore(t *testing.T) {
+	t.Parallel()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.231", Versions: []string{version}, Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
 		cfg.Backups.Retention = backup.Policy{HourlyDays: 1, DailyDays: 3}

@@ -18,6 +18,7 @@ import (
 // etcd also serves on 127.0.0.1, where a client holding the API server's
 // certificate reaches it.
 func TestSeedSpecAndLocalClient(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.30")
 	certDir := filepath.Join(t.TempDir(), "apiserver")
 	cfg := c.Config("m1", c.IP(1))
@@ -57,6 +58,7 @@ func TestSeedSpecAndLocalClient(t *testing.T) {
 // TestSeedNeverOverwritesSpec: a spec already in the store (written by
 // etcd-manager-ctl) wins over the seed of every instance.
 func TestSeedNeverOverwritesSpec(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, "127.44.31")
 	c.SetSpec(1, version)
 	cfg := c.Config("m1", c.IP(1))

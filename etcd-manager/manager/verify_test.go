@@ -27,6 +27,7 @@ import (
 // reported as a mismatch in status and metrics, while the last verified
 // backup stays the good one.
 func TestScheduledVerification(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	c := harness.New(t, harness.Options{IPPrefix: "127.44.99", Mutate: func(cfg *manager.Config) {
 		cfg.Backups.Interval = 0
