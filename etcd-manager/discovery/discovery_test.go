@@ -2,14 +2,13 @@ package discovery
 
 import (
 	"context"
-	"io"
 	"reflect"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/kopsnode/agents/pkg/store"
 	"github.com/kopsnode/agents/pkg/store/file"
+	"github.com/kopsnode/agents/pkg/store/storetest"
 )
 
 type clock struct {
@@ -74,33 +73,6 @@ func TestStoreRegistryExpiry(t *testing.T) {
 	}
 }
 
-// countingStore counts the writes and reads that reach the store.
-type countingStore struct {
-	store.Store
-	mu          sync.Mutex
-	puts, opens int
-}
-
-func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, cond store.Condition) (store.Info, error) {
-	c.mu.Lock()
-	c.puts++
-	c.mu.Unlock()
-	return c.Store.Put(ctx, key, r, cond)
-}
-
-func (c *countingStore) Open(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
-	c.mu.Lock()
-	c.opens++
-	c.mu.Unlock()
-	return c.Store.Open(ctx, key)
-}
-
-func (c *countingStore) counts() (puts, opens int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.puts, c.opens
-}
-
 // TestStoreRegistryRequests: on a tick of a twelfth of the TTL, an
 // instance writes its record every quarter of the TTL (and at once when
 // it changed), and reads another's only when it changed, while both stay
@@ -111,7 +83,7 @@ func TestStoreRegistryRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &countingStore{Store: fs}
+	st := storetest.NewCounting(fs)
 	clk := &clock{t: time.Unix(0, 0)}
 	const ttl = 12 * time.Second
 	a := NewStoreRegistry(st, "c/peers/", ttl, clk.now)
@@ -132,7 +104,8 @@ func TestStoreRegistryRequests(t *testing.T) {
 		}
 		clk.add(ttl / 12)
 	}
-	puts, opens := st.counts()
+	n := st.Counts()
+	puts, opens := n.Puts, n.Reads
 	// Each of the two writes at ticks 0, 3, 6, ...: 16 times in 48 ticks;
 	// a reads each record once per write.
 	if puts != 2*ticks/3 || opens != 2*ticks/3 {
@@ -146,7 +119,7 @@ func TestStoreRegistryRequests(t *testing.T) {
 	if got, err := b.Peers(ctx); err != nil || !reflect.DeepEqual(got, []Peer{pa2, pb}) {
 		t.Fatalf("after a moved: Peers = %v, %v", got, err)
 	}
-	if p, _ := st.counts(); p != puts+1 {
+	if p := st.Counts().Puts; p != puts+1 {
 		t.Errorf("a changed record took %d writes, want 1", p-puts)
 	}
 	// b stops: after the TTL it is gone, although a keeps listing it.
