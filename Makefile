@@ -44,7 +44,7 @@ bin/etcd-manager-ctl:
 # there: MinIO, fake-gcs-server, CoreDNS, etcd per version, the Kubernetes
 # commands, containerd, runc, the CNI plugins and the pause, CoreDNS and test
 # workload images, listed with their sha256 in $(TOOLS_DIR)/parts.json.
-# Cold: about 38 minutes on 2 quiet cores, 74 minutes of CPU time (see
+# Cold: about 34 minutes on 2 quiet cores, 66 minutes of CPU time (see
 # docs/e2e.md, "Test tools").
 tools:
 	tools/build-test-tools.sh all
