@@ -101,10 +101,7 @@ func flavorTree(t testing.TB, f treeFlavor) string {
 	// Waiting for another builder counts against the same bound.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*buildTimeout)
 	defer cancel()
-	build := func(ctx context.Context, dir string, logf func(string, ...any)) error {
-		return buildTree(ctx, dir, f, logf)
-	}
-	dir, err := ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), treeKey(f.packages), build, t.Logf)
+	dir, err := f.ensure(ctx, t.Logf)
 	if err != nil {
 		t.Fatalf("base tree: %v", err)
 	}
@@ -117,18 +114,21 @@ func flavorTree(t testing.TB, f treeFlavor) string {
 // root and debootstrap.
 func BuildTrees(ctx context.Context, logf func(string, ...any)) error {
 	for _, f := range []treeFlavor{baseFlavor, nodeFlavor} {
-		build := func(ctx context.Context, dir string, logf func(string, ...any)) error {
-			return buildTree(ctx, dir, f, logf)
-		}
-		if _, err := ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), treeKey(f.packages), build, logf); err != nil {
+		if _, err := f.ensure(ctx, logf); err != nil {
 			return fmt.Errorf("tree of %d packages: %w", len(f.packages), err)
 		}
 	}
 	return nil
 }
 
-// baseKey names the base tree by what goes into it.
-func baseKey() string { return treeKey(basePackages) }
+// ensure returns the path of the flavor's cached tree, building it first
+// unless it is there.
+func (f treeFlavor) ensure(ctx context.Context, logf func(string, ...any)) (string, error) {
+	build := func(ctx context.Context, dir string, logf func(string, ...any)) error {
+		return buildTree(ctx, dir, f, logf)
+	}
+	return ensureBaseTree(ctx, filepath.Join(testtools.Dir(), "debootstrap"), treeKey(f.packages), build, logf)
+}
 
 // treeKey names a cached tree by what goes into it.
 func treeKey(packages []string) string {
@@ -136,11 +136,6 @@ func treeKey(packages []string) string {
 	sort.Strings(pkgs)
 	h := sha256.Sum256([]byte(strings.Join([]string{Suite, "minbase", treeFormat, strings.Join(pkgs, ",")}, "\n")))
 	return Suite + "-" + hex.EncodeToString(h[:])[:12]
-}
-
-// buildBaseTree builds the base flavor.
-func buildBaseTree(ctx context.Context, dir string, logf func(string, ...any)) error {
-	return buildTree(ctx, dir, baseFlavor, logf)
 }
 
 // buildTree runs debootstrap into dir and prepares the result for
